@@ -1,0 +1,95 @@
+"""The paper's efficiency comparison (Table VII) for one backbone and tap, measured in one run.
+
+Rows: the backbone alone, the AFD-Module in its training (multi-branch) and fused forms, the
+backbone with the fused AFD plugged in, the DDP-style enhancer, and ARCNN (pixel domain, full
+image). Every latency comes from the same process, thread count and input, so the ratios
+between rows are meaningful even though the absolute times depend on the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .afd_module import AFDConfig, AFDModule
+from .backbones import build_backbone
+from .baselines import ARCNN, DDPEnhancer
+from .classifier import EnhancedClassifier
+from .efficiency import Efficiency, measure
+from .repconv import reparameterize
+
+
+@dataclass(frozen=True)
+class Row:
+    role: str  # backbone, afd_unfused, afd_fused, backbone_with_afd, ddp, arcnn
+    name: str
+    efficiency: Efficiency
+
+    def to_dict(self) -> dict:
+        return {"role": self.role, "name": self.name, **self.efficiency.to_dict()}
+
+
+def compare_efficiency(
+    backbone_name: str,
+    tap: str | None = None,
+    weights: str | None = None,
+    afd: nn.Module | None = None,
+    image_size: int = 224,
+    threads: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+    progress=None,
+) -> list[Row]:
+    """Measure every method of Table VII on one random image; `afd` defaults to an untrained module
+    (timing does not depend on the weights). `progress(name)` is called before each row."""
+    backbone = build_backbone(backbone_name, weights)
+    tap = tap or backbone.default_tap
+    channels, stride = backbone.tap_channels(tap), backbone.tap_stride(tap)
+    afd = afd if afd is not None else AFDModule(AFDConfig(feature_channels=channels))
+    fused = reparameterize(afd)
+    images = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    feature = torch.randn(1, channels, image_size // stride, image_size // stride)
+
+    candidates = [
+        ("backbone", backbone_name, backbone, (images,)),
+        ("afd_unfused", "AFD (multi-branch)", afd, (feature, images)),
+        ("afd_fused", "AFD (fused)", fused, (feature, images)),
+        ("backbone_with_afd", f"{backbone_name} + AFD (fused)", EnhancedClassifier(backbone, fused, tap), (images,)),
+        ("ddp", "DDP", DDPEnhancer(channels), (feature, images)),
+        ("arcnn", "ARCNN", ARCNN(), (images,)),
+    ]
+    rows = []
+    for role, name, model, inputs in candidates:
+        if progress is not None:
+            progress(name)
+        rows.append(Row(role, name, measure(model.eval(), inputs, threads, warmup, repeats)))
+    return rows
+
+
+def efficiency_ratios(rows: list[Row]) -> dict[str, float]:
+    """The ratios the project's targets are stated in, from one run's rows."""
+    ms = {row.role: row.efficiency.latency.median_ms for row in rows}
+    return {
+        "fusing_speedup": ms["afd_unfused"] / ms["afd_fused"],
+        "afd_overhead": ms["afd_fused"] / ms["backbone"],
+        "plugged_overhead": ms["backbone_with_afd"] / ms["backbone"] - 1.0,
+        "arcnn_over_afd": ms["arcnn"] / ms["afd_fused"],
+        "ddp_over_afd": ms["ddp"] / ms["afd_fused"],
+    }
+
+
+def format_table(rows: list[Row]) -> str:
+    """Markdown table: params (M), MACs (G), CPU latency median and p90 (ms)."""
+    lines = [
+        "| method | params (M) | MACs (G) | CPU median (ms) | CPU p90 (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        e = row.efficiency
+        lines.append(
+            f"| {row.name} | {e.params / 1e6:.3f} | {e.macs / 1e9:.3f} | "
+            f"{e.latency.median_ms:.2f} | {e.latency.p90_ms:.2f} |"
+        )
+    return "\n".join(lines)

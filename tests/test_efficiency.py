@@ -1,0 +1,45 @@
+import pytest
+import torch
+from torch import nn
+
+from afd.benchmark import compare_efficiency, efficiency_ratios, format_table
+from afd.efficiency import count_macs, count_parameters, measure_latency
+
+
+def test_macs_of_a_conv_are_counted_exactly():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.rand(1, 3, 10, 12)
+    assert count_macs(conv, (x,)) == 3 * 8 * 9 * 10 * 12
+    assert count_parameters(conv) == 3 * 8 * 9
+
+
+def test_macs_of_resnet50_match_the_paper():
+    from afd.backbones import build_backbone
+
+    macs = count_macs(build_backbone("resnet50", "random"), (torch.rand(1, 3, 224, 224),))
+    assert macs / 1e9 == pytest.approx(4.1, abs=0.05)  # the paper's Table VII: 4.12 G "FLOPs"
+
+
+def test_latency_statistics_are_ordered_and_restore_threads():
+    threads = torch.get_num_threads()
+    latency = measure_latency(nn.Conv2d(3, 3, 3), (torch.rand(1, 3, 32, 32),), threads=1, warmup=1, repeats=5)
+    assert 0 < latency.median_ms <= latency.p90_ms
+    assert latency.repeats == 5 and latency.threads == 1
+    assert torch.get_num_threads() == threads
+
+
+def test_efficiency_comparison_has_every_method_and_consistent_ratios():
+    rows = compare_efficiency("efficientnet_lite0", image_size=64, warmup=1, repeats=2)
+    roles = [row.role for row in rows]
+    assert roles == ["backbone", "afd_unfused", "afd_fused", "backbone_with_afd", "ddp", "arcnn"]
+    by_role = {row.role: row.efficiency for row in rows}
+    assert by_role["afd_fused"].params < by_role["afd_unfused"].params
+    assert by_role["afd_fused"].macs < by_role["afd_unfused"].macs
+    # the plugged classifier does the backbone's work plus the fused AFD's
+    assert by_role["backbone_with_afd"].macs == by_role["backbone"].macs + by_role["afd_fused"].macs
+    assert by_role["arcnn"].macs > 10 * by_role["afd_fused"].macs
+    ratios = efficiency_ratios(rows)
+    expected = by_role["afd_unfused"].latency.median_ms / by_role["afd_fused"].latency.median_ms
+    assert ratios["fusing_speedup"] == pytest.approx(expected)
+    table = format_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "AFD (fused)" in table
