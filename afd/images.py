@@ -1,0 +1,164 @@
+"""Loading photos as 8-bit RGB, tensor conversion, and the crops the data sets use.
+
+Images are 8-bit RGB PIL images or float32 RGB tensors in [0, 1], (3, H, W) or (N, 3, H, W).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import warnings
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from afd.errors import ConfigError, ImageLoadError
+
+# Crops move by whole 16x16 macroblocks: 8x8 DCT blocks for luma, and for 4:2:0 chroma too.
+GRID = 16
+
+_OS_REASONS = {
+    errno.ENOENT: "file does not exist",
+    errno.EISDIR: "is a directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "symlink loop",
+}
+
+# Pillow keeps 16-bit samples in these modes ("I" is what 16-bit PGM/PPM open as).
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "PA"}
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as a fully decoded 8-bit RGB image, upright per its EXIF orientation.
+
+    Any problem with the file raises ImageLoadError naming the file and the reason.
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ImageLoadError(path, _OS_REASONS.get(e.errno, e.strerror or str(e))) from e
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ImageLoadError(path, "empty file (0 bytes)")
+        img = _decode(f, path)
+        try:
+            return _to_rgb(img)
+        except ValueError as e:  # a mode Pillow cannot convert (none of the file modes today)
+            raise ImageLoadError(path, f"unsupported image mode {img.mode}") from e
+
+
+@contextlib.contextmanager
+def _strict_pillow() -> Iterator[None]:
+    """Make truncated data and decompression bombs errors, whatever the process-wide settings say.
+
+    Pillow's switches are globals; other code (or a library) may have turned them lenient, and a
+    truncated file would then load silently with grey filler.
+    """
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+
+
+def _decode(f, path) -> Image.Image:
+    with _strict_pillow():
+        try:
+            # verify() checks what decoding skips (PNG chunk CRCs); it leaves the image unusable.
+            Image.open(f).verify()
+            f.seek(0)
+            img = Image.open(f)
+            img.load()
+            return ImageOps.exif_transpose(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageLoadError(path, f"decompression bomb: {e}") from e
+        except UnidentifiedImageError as e:
+            raise ImageLoadError(path, "not an image (unknown format or corrupt header)") from e
+        except Exception as e:  # Pillow's decoders raise many exception types for bad data
+            raise ImageLoadError(path, f"truncated or corrupt image data ({e})") from e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in _SIXTEEN_BIT_MODES:
+        # Scale 0..65535 onto 0..255; Pillow's own convert() would clip everything above 255.
+        return _gray_to_rgb(np.asarray(img, dtype=np.float64) / 257.0)
+    if img.mode == "F":
+        # Float images follow the numpy/scikit-image convention of [0, 1].
+        return _gray_to_rgb(np.nan_to_num(np.asarray(img, dtype=np.float64)) * 255.0)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        # Transparent pixels hold arbitrary (often black) colour; white is the background a viewer
+        # shows and what the photo was most likely meant to be seen on.
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def _gray_to_rgb(values: np.ndarray) -> Image.Image:
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> float32 tensor (3, H, W) in [0, 1]."""
+    if img.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {img.mode}")
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """Float tensor (3, H, W) in [0, 1] -> 8-bit RGB PIL image (rounded, clamped)."""
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(tensor.shape)}")
+    array = tensor.detach().cpu().float().mul(255.0).round().clamp(0, 255).to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def to_batch(imgs: Iterable[Image.Image]) -> torch.Tensor:
+    """Same-size RGB images -> float32 tensor (N, 3, H, W) in [0, 1]."""
+    tensors = [to_tensor(img) for img in imgs]
+    if not tensors:
+        raise ValueError("no images to batch")
+    sizes = {tuple(t.shape) for t in tensors}
+    if len(sizes) > 1:
+        raise ValueError(f"images differ in size: {sorted(sizes)}")
+    return torch.stack(tensors)
+
+
+def resize_center_crop(img: Image.Image, resize: int = 256, crop: int = 224) -> Image.Image:
+    """ImageNet(-C) preprocessing: shorter side to `resize` (bilinear), then a central crop x crop.
+
+    Same as torchvision's Resize(resize) then CenterCrop(crop) on a PIL image.
+    """
+    if not (isinstance(resize, int) and isinstance(crop, int) and 0 < crop <= resize):
+        raise ConfigError(f"need integers 0 < crop <= resize, got resize={resize!r}, crop={crop!r}")
+    return TF.center_crop(TF.resize(img, resize), crop)
+
+
+def random_crop(
+    img: Image.Image, size: int, rng: np.random.Generator, name: str | None = None
+) -> Image.Image:
+    """A random size x size crop whose top-left corner lies on the 16-pixel grid.
+
+    A crop of a JPEG-decoded image so keeps the encoder's 8x8 (and 4:2:0 16x16) block grid.
+    `name` (e.g. the file path) is used in the error for an image that is too small.
+    """
+    if not (isinstance(size, int) and size > 0):
+        raise ConfigError(f"crop size must be a positive integer, got {size!r}")
+    width, height = img.size
+    if width < size or height < size:
+        raise ImageLoadError(
+            name or "image", f"too small for a {size}x{size} crop ({width}x{height})"
+        )
+    top = GRID * int(rng.integers(0, (height - size) // GRID + 1))
+    left = GRID * int(rng.integers(0, (width - size) // GRID + 1))
+    return img.crop((left, top, left + size, top + size))
