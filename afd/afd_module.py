@@ -110,6 +110,8 @@ class Up(nn.Module):
 class FENet(nn.Module):
     """Feature Enhancement: a small U-Net (two downs, two ups, additive skips) of RepConv blocks.
 
+    It downsamples with stride-2 RepConv blocks (fused like any other), not with pooling layers.
+
     Returns the residual to add to the degraded feature. The output layer is U-Net's usual 1x1 conv
     (a 3x3 there would cost a third of the module's MACs); it starts at zero, so an untrained module
     is the identity and training starts from DirectTest.
@@ -120,8 +122,8 @@ class FENet(nn.Module):
         w = width
         self.head = nn.Conv2d(channels, w, 1)
         self.enc1 = RepConv(w, w, deploy=deploy)
-        self.enc2 = RepConv(w, 2 * w, deploy=deploy)
-        self.enc3 = RepConv(2 * w, 4 * w, deploy=deploy)
+        self.enc2 = RepConv(w, 2 * w, stride=2, deploy=deploy)
+        self.enc3 = RepConv(2 * w, 4 * w, stride=2, deploy=deploy)
         self.bottleneck = RepConv(4 * w, 4 * w, deploy=deploy)
         self.up2 = Up(4 * w, 2 * w)
         self.dec2 = RepConv(2 * w, 2 * w, deploy=deploy)
@@ -133,8 +135,8 @@ class FENet(nn.Module):
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         skip1 = self.enc1(self.head(feature))
-        skip2 = self.enc2(F.avg_pool2d(skip1, 2))
-        deepest = self.bottleneck(self.enc3(F.avg_pool2d(skip2, 2)))
+        skip2 = self.enc2(skip1)
+        deepest = self.bottleneck(self.enc3(skip2))
         x = self.dec2(self.up2(deepest, skip2))
         x = self.dec1(self.up1(x, skip1))
         return self.tail(x)

@@ -49,28 +49,38 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 @torch.inference_mode()
-def measure_latency(
-    model: nn.Module,
-    inputs: Sequence[torch.Tensor],
+def measure_latencies(
+    candidates: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]],
     threads: int = 1,
     warmup: int = 3,
     repeats: int = 10,
-) -> Latency:
-    """CPU wall time of one forward pass: fixed thread count, warm-up runs, then median and p90."""
+) -> list[Latency]:
+    """CPU wall time of one forward pass of each (model, inputs): fixed thread count, warm-up runs,
+    then median and p90. The repeats are interleaved across the models, so a slow spell of the
+    machine hits every model alike and the ratios between them stay fair."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    times: list[list[float]] = [[] for _ in candidates]
     try:
-        model.eval()
-        for _ in range(warmup):
-            model(*inputs)
-        times = []
+        for model, inputs in candidates:
+            model.eval()
+            for _ in range(warmup):
+                model(*inputs)
         for _ in range(repeats):
-            start = time.perf_counter()
-            model(*inputs)
-            times.append((time.perf_counter() - start) * 1000.0)
+            for (model, inputs), samples in zip(candidates, times):
+                start = time.perf_counter()
+                model(*inputs)
+                samples.append((time.perf_counter() - start) * 1000.0)
     finally:
         torch.set_num_threads(previous_threads)
-    return Latency(statistics.median(times), _percentile(times, 0.9), repeats, threads)
+    return [Latency(statistics.median(t), _percentile(t, 0.9), repeats, threads) for t in times]
+
+
+def measure_latency(
+    model: nn.Module, inputs: Sequence[torch.Tensor], threads: int = 1, warmup: int = 3, repeats: int = 10
+) -> Latency:
+    """Latency of one model (see `measure_latencies`)."""
+    return measure_latencies([(model, inputs)], threads, warmup, repeats)[0]
 
 
 @dataclass(frozen=True)
@@ -83,16 +93,15 @@ class Efficiency:
         return {"params": self.params, "macs": self.macs, **self.latency.to_dict()}
 
 
-def measure(
-    model: nn.Module,
-    inputs: Sequence[torch.Tensor],
+def measure_all(
+    candidates: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]],
     threads: int = 1,
     warmup: int = 3,
     repeats: int = 10,
-) -> Efficiency:
-    """Parameters, MACs and latency of `model` on `inputs`."""
-    return Efficiency(
-        count_parameters(model),
-        count_macs(model, inputs),
-        measure_latency(model, inputs, threads, warmup, repeats),
-    )
+) -> list[Efficiency]:
+    """Parameters, MACs and (interleaved) latency of each (model, inputs)."""
+    latencies = measure_latencies(candidates, threads, warmup, repeats)
+    return [
+        Efficiency(count_parameters(model), count_macs(model, inputs), latency)
+        for (model, inputs), latency in zip(candidates, latencies)
+    ]

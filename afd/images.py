@@ -144,6 +144,28 @@ def resize_center_crop(img: Image.Image, resize: int = 256, crop: int = 224) -> 
     return TF.center_crop(TF.resize(img, resize), crop)
 
 
+def center_crop(img: Image.Image, size: int, name: str | None = None) -> Image.Image:
+    """The central size x size crop, moved onto the 16-pixel grid so a decoded JPEG keeps its blocks."""
+    if not (isinstance(size, int) and size > 0):
+        raise ConfigError(f"crop size must be a positive integer, got {size!r}")
+    width, height = img.size
+    if width < size or height < size:
+        raise ImageLoadError(name or "image", f"too small for a {size}x{size} crop ({width}x{height})")
+    top = GRID * ((height - size) // 2 // GRID)
+    left = GRID * ((width - size) // 2 // GRID)
+    return img.crop((left, top, left + size, top + size))
+
+
+def classifier_input(
+    img: Image.Image, resize: int | None = 256, crop: int = 224, name: str | None = None
+) -> Image.Image:
+    """The crop a classifier sees: ImageNet's Resize + CenterCrop, or with `resize` None/0 a crop on
+    the 16-pixel grid without resampling (keeps a decoded JPEG's blocks where AFD expects them)."""
+    if resize:
+        return resize_center_crop(img, resize, crop)
+    return center_crop(img, crop, name)
+
+
 def random_crop(
     img: Image.Image, size: int, rng: np.random.Generator, name: str | None = None
 ) -> Image.Image:

@@ -42,10 +42,10 @@ def merge_3x3_then_1x1(first: nn.Conv2d, second: nn.Conv2d) -> KernelAndBias:
 class Conv1x1Then3x3(nn.Module):
     """Branch 1: 1x1 then 3x3; the intermediate is padded with the 1x1's bias, not with zeros."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
         self.conv1x1 = nn.Conv2d(in_channels, mid_channels, 1)
-        self.conv3x3 = nn.Conv2d(mid_channels, out_channels, 3, padding=0)
+        self.conv3x3 = nn.Conv2d(mid_channels, out_channels, 3, stride=stride, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.conv1x1.bias.view(1, -1, 1, 1)
@@ -59,9 +59,9 @@ class Conv1x1Then3x3(nn.Module):
 class Conv3x3Then1x1(nn.Module):
     """Branch 2: 3x3 then 1x1."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
-        self.conv3x3 = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.conv3x3 = nn.Conv2d(in_channels, mid_channels, 3, stride=stride, padding=1)
         self.conv1x1 = nn.Conv2d(mid_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +77,7 @@ class RepConv(nn.Module):
     Args:
         in_channels, out_channels: channels of the block.
         mid_channels: width inside the two serial branches (default: out_channels).
+        stride: 1, or 2 to downsample (every branch, and so the fused conv, uses the same stride).
         act: apply ReLU after the sum (False for an output layer whose values may be negative).
         deploy: build the fused single-conv form directly (to load a fused checkpoint).
     """
@@ -86,6 +87,7 @@ class RepConv(nn.Module):
         in_channels: int,
         out_channels: int,
         mid_channels: int | None = None,
+        stride: int = 1,
         act: bool = True,
         deploy: bool = False,
     ):
@@ -93,14 +95,18 @@ class RepConv(nn.Module):
         mid_channels = mid_channels or out_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.stride = stride
         self.act = nn.ReLU() if act else nn.Identity()
         if deploy:
-            self.reparam_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+            self.reparam_conv = self._single_conv()
         else:
             self.reparam_conv = None
-            self.branch_1x1_3x3 = Conv1x1Then3x3(in_channels, mid_channels, out_channels)
-            self.branch_3x3_1x1 = Conv3x3Then1x1(in_channels, mid_channels, out_channels)
-            self.branch_1x1 = nn.Conv2d(in_channels, out_channels, 1)
+            self.branch_1x1_3x3 = Conv1x1Then3x3(in_channels, mid_channels, out_channels, stride)
+            self.branch_3x3_1x1 = Conv3x3Then1x1(in_channels, mid_channels, out_channels, stride)
+            self.branch_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride=stride)
+
+    def _single_conv(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparam_conv is not None:
@@ -120,7 +126,7 @@ class RepConv(nn.Module):
         if self.reparam_conv is not None:
             return
         weight, bias = self.fused_kernel()
-        self.reparam_conv = nn.Conv2d(self.in_channels, self.out_channels, 3, padding=1)
+        self.reparam_conv = self._single_conv()
         self.reparam_conv.to(device=weight.device, dtype=weight.dtype)
         self.reparam_conv.weight.copy_(weight)
         self.reparam_conv.bias.copy_(bias)

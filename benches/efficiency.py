@@ -24,12 +24,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--backbones", nargs="+", default=["resnet50", "efficientnet_lite0"])
+    parser.add_argument("--channels-first", action="store_true", help="NCHW instead of channels-last")
     args = parser.parse_args()
     torch.manual_seed(0)
     for name in args.backbones:
         weights = None if name == "efficientnet_lite0" else "random"
-        rows = compare_efficiency(name, weights=weights, threads=args.threads, repeats=args.repeats)
-        print(f"\n## {name} at its default tap, 224x224, {args.threads} thread(s), {args.repeats} repeats\n")
+        rows = compare_efficiency(
+            name, weights=weights, threads=args.threads, repeats=args.repeats, channels_last=not args.channels_first
+        )
+        layout = "NCHW" if args.channels_first else "channels-last"
+        print(f"\n## {name} at its default tap, 224x224, {layout}, {args.threads} thread(s), {args.repeats} repeats\n")
         print(format_table(rows))
         print()
         for key, value in efficiency_ratios(rows).items():

@@ -268,3 +268,14 @@ def test_sample_photos():
     for path in photos.values():
         img = load_image(path)
         assert img.mode == "RGB" and min(img.size) >= 256
+
+
+def test_center_crop_stays_on_the_16_pixel_grid_and_refuses_small_images():
+    from afd.images import center_crop
+
+    img = Image.new("RGB", (300, 250))
+    img.putpixel((32, 0), (255, 0, 0))  # (300-224)/2 = 38 -> 32 on the grid; (250-224)/2 = 13 -> 0
+    crop = center_crop(img, 224)
+    assert crop.size == (224, 224) and crop.getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(ImageLoadError, match="small.jpg: too small for a 224x224 crop"):
+        center_crop(Image.new("RGB", (100, 300)), 224, name="small.jpg")

@@ -39,6 +39,17 @@ def test_fused_block_equals_multi_branch_everywhere(size, channels):
     assert (actual - expected)[..., ring].abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("size", [(7, 7), (8, 9), (1, 2)])
+def test_fused_strided_block_equals_multi_branch(size):
+    block = randomize(RepConv(3, 5, stride=2, act=False))
+    fused = reparameterize(block)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected, actual = block(x), fused(x)
+    assert actual.shape == expected.shape == (2, 5, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    assert max_error(actual, expected) < 1e-5
+
+
 def test_fusing_is_exact_to_1e_5_at_unit_scale():
     block = RepConv(4, 4)
     with torch.no_grad():

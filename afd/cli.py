@@ -1,0 +1,148 @@
+"""Command line: `afd classify`, `afd fuse`, `afd degrade`, `afd efficiency`.
+
+Input errors (a bad image, a missing checkpoint, an unknown backbone) print one line naming the
+file or value and the problem, and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from .errors import AFDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+
+def reports_errors(command):
+    """Turn the package's own errors into a one-line message and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AFDError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@reports_errors
+def classify(
+    images: list[Path] = typer.Argument(..., help="Image files to classify."),
+    backbone: str = typer.Option("efficientnet_lite0", help="resnet50, repvgg_a2 or efficientnet_lite0."),
+    weights: Optional[str] = typer.Option(None, help="Backbone weights file (default: see README)."),
+    enhancer: Optional[Path] = typer.Option(None, help="AFD / DDP checkpoint plugged in at the tap."),
+    tap: Optional[str] = typer.Option(None, help="Tap point (default: the backbone's, or the checkpoint's)."),
+    resize: int = typer.Option(256, help="Shorter side before the centre crop; 0 crops a JPEG on its own grid."),
+    crop: int = typer.Option(224, help="Centre crop size."),
+    top_k: int = typer.Option(5, min=1, max=1000, help="Classes to print per image."),
+):
+    """Print the top-k ImageNet classes of each image, one image at a time."""
+    from timm.data import ImageNetInfo
+
+    from .backbones import build_backbone
+    from .checkpoint import load_enhancer
+    from .classifier import EnhancedClassifier
+    from .images import classifier_input, load_image, to_tensor
+
+    module, meta = load_enhancer(enhancer) if enhancer else (None, {})
+    if meta.get("backbone", backbone) != backbone:
+        raise AFDError(f"{enhancer}: trained for backbone {meta['backbone']!r}, not {backbone!r}")
+    model = EnhancedClassifier(build_backbone(backbone, weights), module, tap or meta.get("tap")).eval()
+    if not model.backbone.pretrained:
+        typer.echo(f"warning: {backbone} has random weights; its classes mean nothing", err=True)
+    names = ImageNetInfo()
+    failures = 0
+    for path in images:
+        try:
+            image = to_tensor(classifier_input(load_image(path), resize, crop, name=str(path)))
+        except AFDError as error:
+            typer.echo(f"error: {error}", err=True)
+            failures += 1
+            continue
+        with torch.inference_mode():
+            probabilities = model(image.unsqueeze(0)).softmax(dim=1)[0]
+        top = probabilities.topk(top_k)
+        guesses = ", ".join(
+            f"{i} {names.index_to_description(i)} ({p:.3f})" for p, i in zip(top.values.tolist(), top.indices.tolist())
+        )
+        typer.echo(f"{path}: {guesses}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def fuse(
+    checkpoint: Path = typer.Argument(..., help="Trained AFD checkpoint (multi-branch form)."),
+    output: Path = typer.Argument(..., help="Where to write the fused checkpoint."),
+):
+    """Re-parameterize a trained AFD-Module into its deploy form and check it is equivalent."""
+    from .checkpoint import load_enhancer, save_enhancer
+    from .fusing import fuse_and_verify
+
+    module, meta = load_enhancer(checkpoint)
+    fused, max_abs_diff = fuse_and_verify(module, source=checkpoint)
+    save_enhancer(fused, output, meta={**meta, "fused_from": str(checkpoint), "fuse_max_abs_diff": max_abs_diff})
+    typer.echo(f"{output}: fused; max |fused - trained| on a random input = {max_abs_diff:.2e}")
+
+
+@app.command()
+@reports_errors
+def degrade(
+    image: Path = typer.Argument(..., help="Input image."),
+    output: Path = typer.Argument(..., help="Output PNG (lossless, so only the degradation shows)."),
+    kind: str = typer.Option("jpeg", help="jpeg, imagenet_c_jpeg, imagenet_c_jpeg_q85, multi or avif."),
+    level: int = typer.Option(10, help="Quality (jpeg, avif), severity 1-5 (imagenet_c_*) or rounds (multi)."),
+    seed: int = typer.Option(0, help="Seed of the qualities drawn by multi."),
+):
+    """Apply one of the data sets' degradations to an image."""
+    from .compress import degrade as apply_degradation
+    from .images import load_image
+    from .io import atomic_path
+
+    degraded = apply_degradation(load_image(image), kind, level, seed)
+    with atomic_path(output) as tmp:
+        degraded.save(tmp, format="PNG")
+    typer.echo(f"{output}: {kind} level {level}")
+
+
+@app.command()
+@reports_errors
+def efficiency(
+    backbone: str = typer.Option("resnet50", help="Backbone whose tap the AFD-Module sits at."),
+    weights: Optional[str] = typer.Option("random", help="Backbone weights; timing does not depend on them."),
+    tap: Optional[str] = typer.Option(None, help="Tap point (default: the backbone's)."),
+    enhancer: Optional[Path] = typer.Option(None, help="A trained AFD checkpoint to time instead of a fresh one."),
+    image_size: int = typer.Option(224, min=32),
+    threads: int = typer.Option(1, min=1),
+    repeats: int = typer.Option(10, min=1),
+):
+    """Params, MACs and CPU latency of the backbone, AFD (unfused and fused), DDP and ARCNN."""
+    from .benchmark import compare_efficiency, efficiency_ratios, format_table
+    from .checkpoint import load_enhancer
+
+    afd = load_enhancer(enhancer)[0] if enhancer else None
+    rows = compare_efficiency(
+        backbone, tap, weights, afd, image_size, threads, repeats=repeats,
+        progress=lambda names: typer.echo(f"timing {names} ...", err=True),
+    )
+    typer.echo(format_table(rows))
+    for key, value in efficiency_ratios(rows).items():
+        typer.echo(f"{key}: {value:.3f}")
+
+
+def main() -> None:  # `python -m afd.cli`
+    app(prog_name="afd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
