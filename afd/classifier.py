@@ -13,16 +13,32 @@ from afd.backbones import SplitBackbone
 
 
 class _FrozenBackbone(nn.Module):
-    """Holds `self.backbone` frozen and in eval mode; `train()` switches only the other modules."""
+    """Holds `self.backbone` frozen and in eval mode; `train()` switches only the other modules.
 
-    def __init__(self, backbone: SplitBackbone):
+    Subclasses say how the feature at `self.tap` is obtained (`enhanced_feature`); the rest of the
+    backbone then finishes the forward pass from it.
+    """
+
+    def __init__(self, backbone: SplitBackbone, tap: str | None):
         super().__init__()
         self.backbone = backbone.requires_grad_(False).eval()
+        self.tap = tap if tap is not None else backbone.default_tap
+        backbone.tap_channels(self.tap)  # raises ConfigError for an unknown tap
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.backbone.eval()
         return self
+
+    def tap_feature(self, images: torch.Tensor) -> torch.Tensor:
+        """The plain backbone's feature at the tap (the training target on clean images)."""
+        return self.backbone.forward_to_tap(images, self.tap)
+
+    def enhanced_feature(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_from_tap(self.enhanced_feature(images), self.tap)
 
 
 class EnhancedClassifier(_FrozenBackbone):
@@ -31,13 +47,8 @@ class EnhancedClassifier(_FrozenBackbone):
     def __init__(
         self, backbone: SplitBackbone, enhancer: nn.Module | None = None, tap: str | None = None
     ):
-        super().__init__(backbone)
+        super().__init__(backbone, tap)
         self.enhancer = enhancer
-        self.tap = tap if tap is not None else backbone.default_tap
-        backbone.tap_channels(self.tap)  # raises ConfigError for an unknown tap
-
-    def tap_feature(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_to_tap(images, self.tap)
 
     def enhanced_feature(self, images: torch.Tensor) -> torch.Tensor:
         feature = self.tap_feature(images)
@@ -45,16 +56,14 @@ class EnhancedClassifier(_FrozenBackbone):
             return feature
         return self.enhancer(feature, images)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_from_tap(self.enhanced_feature(images), self.tap)
-
 
 class CascadeClassifier(_FrozenBackbone):
-    """Pixel-domain baseline: restore the image (e.g. ARCNN), then classify it."""
+    """Pixel-domain baseline: restore the image (e.g. ARCNN), then classify it unchanged."""
 
-    def __init__(self, restorer: nn.Module, backbone: SplitBackbone):
-        super().__init__(backbone)
+    def __init__(self, restorer: nn.Module, backbone: SplitBackbone, tap: str | None = None):
+        super().__init__(backbone, tap)
         self.restorer = restorer
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.restorer(images).clamp(0, 1))
+    def enhanced_feature(self, images: torch.Tensor) -> torch.Tensor:
+        """The tap feature of the restored image, comparable with the other methods' features."""
+        return self.tap_feature(self.restorer(images).clamp(0, 1))

@@ -1,0 +1,189 @@
+"""Training on DIV2K-C: feature MSE to the clean image's feature (pixel MSE for ARCNN), no labels.
+
+Every batch is a pure function of (seed, step): which patches, which JPEG quality for each, where
+the crop lies. Together with the model and Adam state saved every `checkpoint_every` steps, this
+makes a killed run, re-run, end with exactly the weights of an uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .errors import ConfigError
+from .images import GRID, load_image, to_tensor
+from .io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One profile of params.yaml (`profiles.<name>`), less the data-set size."""
+
+    iterations: int
+    batch_size: int
+    crop: int
+    lr: float
+    lr_drop_at: int
+    lr_after_drop: float
+    checkpoint_every: int
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        positive = ("iterations", "batch_size", "crop", "checkpoint_every", "log_every")
+        for key in positive:
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ConfigError(f"training {key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.crop % GRID:
+            raise ConfigError(f"training crop must be a multiple of {GRID} (the JPEG grid), got {self.crop}")
+        if not (self.lr > 0 and self.lr_after_drop > 0):
+            raise ConfigError(f"learning rates must be positive, got {self.lr} and {self.lr_after_drop}")
+
+    @classmethod
+    def from_profile(cls, profile: dict, seed: int) -> "TrainConfig":
+        fields = {k: profile[k] for k in cls.__dataclass_fields__ if k in profile}
+        return cls(**fields, seed=seed)
+
+    def lr_at(self, step: int) -> float:
+        return self.lr if step < self.lr_drop_at else self.lr_after_drop
+
+
+class PatchPairs:
+    """DIV2K-C: clean patches and their degraded versions at several qualities, read lazily.
+
+    `batch(step, ...)` draws, from a generator seeded by (seed, step) alone, the patches, one
+    degraded version each (mixing the qualities, as the paper does) and one grid-aligned crop.
+    """
+
+    def __init__(self, clean: Sequence[Path], degraded: dict[str, Sequence[Path]]):
+        if not clean:
+            raise ConfigError("no training patches")
+        for name, paths in degraded.items():
+            if len(paths) != len(clean):
+                raise ConfigError(f"degraded set {name} has {len(paths)} patches, the clean set {len(clean)}")
+        self.clean = list(clean)
+        self.degraded = {name: list(paths) for name, paths in degraded.items()}
+        self.set_names = sorted(self.degraded)
+
+    def fingerprint(self) -> str:
+        """Changes when any file of the training data changes (name, size or mtime)."""
+        digest = hashlib.sha256()
+        for path in self.clean + [p for name in self.set_names for p in self.degraded[name]]:
+            stat = os.stat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
+    def batch(self, step: int, seed: int, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        indices = torch.randint(len(self.clean), (batch_size,), generator=generator).tolist()
+        versions = torch.randint(len(self.set_names), (batch_size,), generator=generator).tolist()
+        clean, degraded = [], []
+        for index, version in zip(indices, versions):
+            a = to_tensor(load_image(self.clean[index]))
+            b = to_tensor(load_image(self.degraded[self.set_names[version]][index]))
+            top, left = self._crop_origin(a.shape[-2:], crop, generator)
+            clean.append(a[:, top : top + crop, left : left + crop])
+            degraded.append(b[:, top : top + crop, left : left + crop])
+        return torch.stack(clean), torch.stack(degraded)
+
+    @staticmethod
+    def _crop_origin(size, crop: int, generator: torch.Generator) -> tuple[int, int]:
+        height, width = size
+        if height < crop or width < crop:
+            raise ConfigError(f"training crop {crop} is larger than the patches ({height}x{width})")
+        top = GRID * int(torch.randint((height - crop) // GRID + 1, (1,), generator=generator))
+        left = GRID * int(torch.randint((width - crop) // GRID + 1, (1,), generator=generator))
+        return top, left
+
+
+@dataclass
+class TrainResult:
+    losses: list[tuple[int, float]]  # (step, mean loss over the logging window)
+    resumed_from: int
+    seconds: float
+
+
+def train(
+    classifier: nn.Module,
+    trainable: nn.Module,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    data: PatchPairs,
+    config: TrainConfig,
+    state_path: str | os.PathLike,
+    identity: dict,
+    on_log: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `trainable` (a part of `classifier`) with Adam, resuming from `state_path` if it holds
+    a run of the same `identity` (method, backbone, ...), config and data; else start afresh."""
+    state_path = Path(state_path)
+    fingerprint = _fingerprint(identity, config, data)
+    optimizer = torch.optim.Adam(trainable.parameters(), lr=config.lr)
+    start, losses = _resume(state_path, fingerprint, trainable, optimizer)
+    classifier.train()
+    started = time.perf_counter()
+    window: list[float] = []
+    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations,
+               desc=identity.get("name", "train"), disable=not progress, unit="it")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
+        clean, degraded = data.batch(step, config.seed, config.batch_size, config.crop)
+        loss = loss_fn(classifier, clean, degraded)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append(loss.item())
+        done = step + 1
+        if done % config.log_every == 0 or done == config.iterations:
+            mean = sum(window) / len(window)
+            losses.append((done, mean))
+            window.clear()
+            bar.set_postfix(loss=f"{mean:.4g}")
+            if on_log is not None:
+                on_log(done, mean)
+        if done % config.checkpoint_every == 0 or done == config.iterations:
+            _save_state(state_path, fingerprint, done, trainable, optimizer, losses)
+    classifier.eval()
+    return TrainResult(losses, start, time.perf_counter() - started)
+
+
+def _fingerprint(identity: dict, config: TrainConfig, data: PatchPairs) -> str:
+    payload = json.dumps({"identity": identity, "config": asdict(config), "data": data.fingerprint()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer) -> tuple[int, list]:
+    if not state_path.is_file():
+        return 0, []
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log.info("%s belongs to another configuration or data; training from scratch", state_path)
+        return 0, []
+    trainable.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resuming %s at step %d", state_path, state["step"])
+    return state["step"], [tuple(item) for item in state["losses"]]
+
+
+def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimizer, losses) -> None:
+    state = {
+        "fingerprint": fingerprint,
+        "step": step,
+        "model": trainable.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "losses": [list(item) for item in losses],
+    }
+    atomic_torch_save(state, state_path)

@@ -1,0 +1,168 @@
+"""Training (resume, determinism, learning) and the evaluation grid's metrics, on tiny real data."""
+
+import pytest
+import torch
+
+from afd.backbones import build_backbone
+from afd.compress import jpeg
+from afd.errors import ConfigError
+from afd.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, set_family, set_level
+from afd.images import to_batch
+from afd.methods import Method
+from afd.samples import sample_photos
+from afd.images import load_image, random_crop
+from afd.train import PatchPairs, TrainConfig, train
+
+import numpy as np
+
+METHODS = {
+    "afd": {"kind": "afd", "fdm_source": "dct"},
+    "ddp": {"kind": "ddp"},
+    "arcnn": {"kind": "arcnn"},
+}
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return build_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def patch_files(tmp_path_factory):
+    """Six 64x64 patches of a real photo, clean (PNG) and at two JPEG qualities."""
+    root = tmp_path_factory.mktemp("patches")
+    photo = load_image(sample_photos()["astronaut"])
+    rng = np.random.default_rng(0)
+    clean, degraded = [], {"jpeg_q10": [], "jpeg_q25": []}
+    for i in range(6):
+        patch = random_crop(photo, 64, rng)
+        clean.append(root / f"p{i}.png")
+        patch.save(clean[-1])
+        for name, quality in (("jpeg_q10", 10), ("jpeg_q25", 25)):
+            degraded[name].append(root / f"p{i}_{name}.png")
+            jpeg(patch, quality).save(degraded[name][-1])
+    return clean, degraded
+
+
+def config(**overrides):
+    values = dict(iterations=6, batch_size=2, crop=32, lr=1e-3, lr_drop_at=4, lr_after_drop=1e-4,
+                  checkpoint_every=2, seed=0, log_every=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def run(method_name, backbone, patch_files, state_path, cfg, on_log=None):
+    torch.manual_seed(0)
+    method = Method.from_params(method_name, METHODS)
+    module = method.build(backbone, backbone.default_tap)
+    classifier = method.classifier(backbone, module, backbone.default_tap)
+    result = train(classifier, module, method.loss, PatchPairs(*patch_files), cfg, state_path,
+                   identity={"name": method_name}, on_log=on_log, progress=False)
+    return module, result
+
+
+def test_batches_are_a_function_of_seed_and_step(patch_files):
+    data = PatchPairs(*patch_files)
+    a, b = data.batch(3, seed=0, batch_size=4, crop=32), data.batch(3, seed=0, batch_size=4, crop=32)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(data.batch(4, 0, 4, 32)[0], a[0])
+    clean, degraded = a
+    assert clean.shape == degraded.shape == (4, 3, 32, 32)
+    assert not torch.equal(clean, degraded)  # the degraded side really is compressed
+
+
+@pytest.mark.parametrize("method_name", ["afd", "arcnn"])
+def test_killed_training_resumes_to_the_same_weights(method_name, backbone, patch_files, tmp_path):
+    uninterrupted, full = run(method_name, backbone, patch_files, tmp_path / "a.pt", config())
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_3(step, loss):
+        if step == 3:  # after the checkpoint of step 2, before the one of step 4
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(method_name, backbone, patch_files, tmp_path / "b.pt", config(), on_log=kill_at_step_3)
+    resumed, result = run(method_name, backbone, patch_files, tmp_path / "b.pt", config())
+    assert result.resumed_from == 2
+    for (name, p), q in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert result.losses == full.losses  # the loss curve survives the restart too
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(backbone, patch_files, tmp_path):
+    run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))
+    _, result = run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=4, lr=5e-4))
+    assert result.resumed_from == 0
+
+
+def test_training_reduces_the_feature_error(backbone, patch_files, tmp_path):
+    method = Method.from_params("afd", METHODS)
+    held_out = PatchPairs(*patch_files).batch(10**6, seed=1, batch_size=6, crop=64)
+
+    def feature_error(module):
+        classifier = method.classifier(backbone, module.eval(), backbone.default_tap)
+        with torch.no_grad():
+            return method.loss(classifier, *held_out).item()
+
+    torch.manual_seed(0)
+    untrained = feature_error(method.build(backbone, backbone.default_tap))
+    trained, _ = run("afd", backbone, patch_files, tmp_path / "s.pt",
+                     config(iterations=40, batch_size=4, crop=64, lr=3e-3, lr_drop_at=40, checkpoint_every=40))
+    assert feature_error(trained) < 0.95 * untrained
+
+
+@pytest.mark.parametrize("bad", [dict(iterations=0), dict(crop=30), dict(lr=-1.0), dict(batch_size=1.5)])
+def test_bad_training_parameters_are_named(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad)) if "lr" not in bad else "learning rate"):
+        config(**bad)
+
+
+def test_unknown_method_and_kind_are_named():
+    with pytest.raises(ConfigError, match="unknown method 'vit'"):
+        Method.from_params("vit", METHODS)
+    with pytest.raises(ConfigError, match="methods.x.kind"):
+        Method.from_params("x", {"x": {"kind": "gan"}})
+
+
+def evaluation_batches(backbone, quality):
+    photo = load_image(sample_photos()["coffee"])
+    rng = np.random.default_rng(1)
+    crops = [random_crop(photo, 224, rng) for _ in range(4)]
+    clean = to_batch(crops)
+    degraded = clean if quality is None else to_batch([jpeg(c, quality) for c in crops])
+    with torch.no_grad():
+        labels = backbone(clean).argmax(dim=1).tolist()
+    return [Batch(clean[:2], degraded[:2], labels[:2]), Batch(clean[2:], degraded[2:], labels[2:])]
+
+
+def test_direct_test_on_clean_images_is_perfect_and_an_untrained_afd_changes_nothing(backbone):
+    direct = Method.from_params("afd", METHODS).classifier(backbone, None, "stem")
+    untrained = Method.from_params("afd", METHODS).classifier(
+        backbone, Method.from_params("afd", METHODS).build(backbone, "stem").eval(), "stem")
+    clean = evaluate_set(direct, {"direct": direct, "afd": untrained}, evaluation_batches(backbone, None))
+    assert clean["direct"] == {"agreement": 1.0, "kl": 0.0, "feature_mse": 0.0, "top1": 1.0}
+    compressed = evaluate_set(direct, {"direct": direct, "afd": untrained}, evaluation_batches(backbone, 5))
+    assert compressed["direct"]["feature_mse"] > 0 and compressed["direct"]["kl"] > 0
+    assert compressed["afd"] == compressed["direct"]
+
+
+def test_metrics_without_labels_and_family_averages(backbone):
+    direct = Method.from_params("afd", METHODS).classifier(backbone, None, "stem")
+    unlabelled = [Batch(b.clean, b.degraded, [None] * len(b.clean)) for b in evaluation_batches(backbone, 10)]
+    grid = evaluate_grid(direct, {"direct": direct},
+                         {"clean": evaluation_batches(backbone, None), "jpeg_q10": unlabelled,
+                          "jpeg_q50": evaluation_batches(backbone, 50)}, progress=False)
+    assert "top1" not in grid["direct"]["jpeg_q10"] and "top1" in grid["direct"]["jpeg_q50"]
+    averages = family_averages(grid)["direct"]
+    assert set(averages) == {"jpeg"}
+    expected = (grid["direct"]["jpeg_q10"]["kl"] + grid["direct"]["jpeg_q50"]["kl"]) / 2
+    assert averages["jpeg"]["kl"] == pytest.approx(expected)
+    assert grid["direct"]["jpeg_q10"]["kl"] > grid["direct"]["jpeg_q50"]["kl"]  # heavier JPEG drifts more
+
+
+def test_set_names():
+    assert (set_family("jpeg_q25"), set_level("jpeg_q25")) == ("jpeg", 25)
+    assert (set_family("multi_ct3"), set_level("multi_ct3")) == ("multi", 3)
+    assert set_family("clean") == "clean"
