@@ -34,18 +34,31 @@ def _check_quality(quality: int) -> None:
         raise ConfigError(f"quality must be an integer in 1..100, got {quality!r}")
 
 
-def _roundtrip(img: Image.Image, **save_args) -> Image.Image:
+def _encode(img: Image.Image, **save_args) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, **save_args)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    return buffer.getvalue()
+
+
+def _decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as decoded:
         return decoded.convert("RGB")
+
+
+def encode_jpeg(img: Image.Image, quality: int, resave_q85: bool = False) -> bytes:
+    """JPEG file bytes from Pillow at `quality` (default 4:2:0 chroma, as ImageNet-C).
+
+    With `resave_q85` the decoded result is saved once more as JPEG quality 85, as the released
+    ImageNet-C files were.
+    """
+    _check_quality(quality)
+    data = _encode(img, format="JPEG", quality=quality)
+    return _encode(_decode(data), format="JPEG", quality=85) if resave_q85 else data
 
 
 def jpeg(img: Image.Image, quality: int) -> Image.Image:
     """Encode as JPEG with Pillow at `quality` (default 4:2:0 chroma, as ImageNet-C), decode."""
-    _check_quality(quality)
-    return _roundtrip(img, format="JPEG", quality=quality)
+    return _decode(encode_jpeg(img, quality))
 
 
 def imagenet_c_jpeg(img: Image.Image, severity: int, resave_q85: bool = False) -> Image.Image:
@@ -57,8 +70,22 @@ def imagenet_c_jpeg(img: Image.Image, severity: int, resave_q85: bool = False) -
     """
     if isinstance(severity, bool) or severity not in range(1, len(IMAGENET_C_JPEG_QUALITIES) + 1):
         raise ConfigError(f"ImageNet-C severity must be 1..5, got {severity!r}")
-    out = jpeg(img, IMAGENET_C_JPEG_QUALITIES[severity - 1])
-    return jpeg(out, 85) if resave_q85 else out
+    return _decode(encode_jpeg(img, IMAGENET_C_JPEG_QUALITIES[severity - 1], resave_q85))
+
+
+def multi_compress_jpeg(
+    img: Image.Image, times: int, seed: int, qualities: Sequence[int] = IMAGENET_C_JPEG_QUALITIES
+) -> tuple[bytes, list[int]]:
+    """The JPEG bytes of the last round of multi_compress, and the qualities used."""
+    if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+        raise ConfigError(f"times (compression rounds) must be an integer >= 1, got {times!r}")
+    if not qualities:
+        raise ConfigError("qualities must not be empty")
+    rng = random.Random(seed)
+    used = [rng.choice(qualities) for _ in range(times)]
+    for quality in used[:-1]:
+        img = jpeg(img, quality)
+    return encode_jpeg(img, used[-1]), used
 
 
 def multi_compress(
@@ -69,21 +96,19 @@ def multi_compress(
     Returns the image and the qualities used. The image is never resized in between, so every round
     sees the same 8x8 grid. For one seed, the qualities of CT=k are the first k of CT=k+1.
     """
-    if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-        raise ConfigError(f"times (compression rounds) must be an integer >= 1, got {times!r}")
-    if not qualities:
-        raise ConfigError("qualities must not be empty")
-    rng = random.Random(seed)
-    used = [rng.choice(qualities) for _ in range(times)]
-    for quality in used:
-        img = jpeg(img, quality)
-    return img, used
+    data, used = multi_compress_jpeg(img, times, seed, qualities)
+    return _decode(data), used
+
+
+def encode_avif(img: Image.Image, quality: int) -> bytes:
+    """AVIF file bytes from Pillow (libavif + libaom, settings pinned) at `quality`."""
+    _check_quality(quality)
+    return _encode(img, format="AVIF", quality=quality, **_AVIF_SETTINGS)
 
 
 def avif(img: Image.Image, quality: int) -> Image.Image:
     """Encode as AVIF with Pillow (libavif + libaom, settings pinned) at `quality` and decode."""
-    _check_quality(quality)
-    return _roundtrip(img, format="AVIF", quality=quality, **_AVIF_SETTINGS)
+    return _decode(encode_avif(img, quality))
 
 
 _DEGRADATIONS: dict[str, Callable[[Image.Image, int, int], Image.Image]] = {

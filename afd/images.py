@@ -9,7 +9,7 @@ import contextlib
 import errno
 import os
 import warnings
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -42,15 +42,36 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         f = open(path, "rb")
     except OSError as e:
-        raise ImageLoadError(path, _OS_REASONS.get(e.errno, e.strerror or str(e))) from e
+        raise ImageLoadError(path, open_error_reason(e)) from e
     with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            raise ImageLoadError(path, "empty file (0 bytes)")
-        img = _decode(f, path)
-        try:
-            return _to_rgb(img)
-        except ValueError as e:  # a mode Pillow cannot convert (none of the file modes today)
-            raise ImageLoadError(path, f"unsupported image mode {img.mode}") from e
+        return decode_image(f, path)
+
+
+def open_error_reason(error: OSError) -> str:
+    """The short reason an image file could not be opened, as ImageLoadError states it."""
+    if error.errno in _OS_REASONS:
+        return _OS_REASONS[error.errno]
+    # fsspec file systems raise e.g. FileNotFoundError(path), with no errno.
+    if isinstance(error, FileNotFoundError):
+        return _OS_REASONS[errno.ENOENT]
+    if isinstance(error, PermissionError):
+        return _OS_REASONS[errno.EACCES]
+    return error.strerror or str(error)
+
+
+def decode_image(f: BinaryIO, name) -> Image.Image:
+    """Decode an open, seekable binary file (local or remote) exactly as load_image does.
+
+    `name` (the path or URL) is what ImageLoadError names.
+    """
+    if f.seek(0, os.SEEK_END) == 0:
+        raise ImageLoadError(name, "empty file (0 bytes)")
+    f.seek(0)
+    img = _decode(f, name)
+    try:
+        return _to_rgb(img)
+    except ValueError as e:  # a mode Pillow cannot convert (none of the file modes today)
+        raise ImageLoadError(name, f"unsupported image mode {img.mode}") from e
 
 
 @contextlib.contextmanager
@@ -174,6 +195,14 @@ def random_crop(
     A crop of a JPEG-decoded image so keeps the encoder's 8x8 (and 4:2:0 16x16) block grid.
     `name` (e.g. the file path) is used in the error for an image that is too small.
     """
+    left, top = random_crop_position(img, size, rng, name)
+    return img.crop((left, top, left + size, top + size))
+
+
+def random_crop_position(
+    img: Image.Image, size: int, rng: np.random.Generator, name: str | None = None
+) -> tuple[int, int]:
+    """(left, top) of the crop random_crop takes with the same `rng` state."""
     if not (isinstance(size, int) and size > 0):
         raise ConfigError(f"crop size must be a positive integer, got {size!r}")
     width, height = img.size
@@ -183,4 +212,4 @@ def random_crop(
         )
     top = GRID * int(rng.integers(0, (height - size) // GRID + 1))
     left = GRID * int(rng.integers(0, (width - size) // GRID + 1))
-    return img.crop((left, top, left + size, top + size))
+    return left, top

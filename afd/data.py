@@ -1,0 +1,493 @@
+"""The data sets on disk: DIV2K-C training patches and ImageNet-C-style evaluation sets.
+
+Layout (ids are zero-padded: p00000 for patches, e00000 for evaluation images):
+
+    <clean>/<id>.png + manifest.json     clean 224x224 images and where each came from
+    <jpeg_q<Q>>/<id>.jpg                 the real JPEG bytes at quality Q
+    <multi_ct<T>>/<id>.jpg + qualities.json
+    <avif_q<Q>>/<id>.avif
+
+Photos come from the embedded sample photos or from folders (local paths or s3:// URLs).
+Every output directory is built in a hidden sibling and renamed into place as a whole, so a killed
+run never leaves a half-written set behind for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torchvision.transforms.functional as TF
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from afd.compress import (
+    IMAGENET_C_JPEG_QUALITIES,
+    encode_avif,
+    encode_jpeg,
+    multi_compress_jpeg,
+)
+from afd.errors import AFDError, ConfigError, ImageLoadError
+from afd.images import (
+    GRID,
+    center_crop,
+    decode_image,
+    load_image,
+    open_error_reason,
+    random_crop_position,
+    resize_center_crop,
+    to_tensor,
+)
+from afd.io import write_json
+from afd.samples import sample_photos
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".avif", ".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+SET_EXTENSIONS = (".png", ".jpg", ".avif")  # what the sets themselves hold
+EVAL_RESIZE, EVAL_SIZE = 256, 224  # ImageNet-C: Resize(256), CenterCrop(224)
+IMAGENET_C_VIEW = "imagenet_c"  # the view name of an image made with exactly that preprocessing
+MANIFEST = "manifest.json"
+MULTI_QUALITIES = "qualities.json"
+# Photos of one scene (a stereo pair): they must stay on one side of the train/eval split.
+SAME_SCENE = frozenset({"motorcycle_left", "motorcycle_right"})
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One source photo: `name` is what manifests record (the embedded photo's name, or the path
+    relative to the source folder, e.g. "n01440764/x.JPEG"), `uri` is where it is read from."""
+
+    name: str
+    uri: str
+    label: int | None = None
+
+
+# ---- sources ------------------------------------------------------------------------------------
+
+
+def list_images(root: str) -> list[str]:
+    """Every image file (by extension) under a local folder or an s3:// prefix, recursively,
+    sorted."""
+    fs, base, paths = _find_images(root)
+    return [_uri(fs, path) for path in paths]
+
+
+def folder_photos(root: str) -> list[Photo]:
+    """The photos of a folder (e.g. DIV2K train), without labels."""
+    fs, base, paths = _find_images(root)
+    return [Photo(posixpath.relpath(path, base), _uri(fs, path)) for path in paths]
+
+
+def image_folder(root: str) -> list[Photo]:
+    """The photos of an ImageFolder (ImageNet val: <wnid>/<file>), labelled by class folder.
+
+    The label is the position of the photo's top folder among the sorted class folders: with all
+    1000 ImageNet wnid folders that is the ImageNet class index. Without class folders: no labels.
+    """
+    fs, base, paths = _find_images(root)
+    classes = sorted(
+        posixpath.basename(entry["name"].rstrip("/"))
+        for entry in fs.ls(base, detail=True)
+        if entry["type"] == "directory" and not posixpath.basename(entry["name"]).startswith(".")
+    )
+    if classes and len(classes) != 1000:
+        log.warning(
+            "%s: labels are positions among its %d class folders; they are ImageNet class indices "
+            "only when all 1000 wnid folders are present",
+            root,
+            len(classes),
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    photos = []
+    for path in paths:
+        name = posixpath.relpath(path, base)
+        top = name.split("/")[0] if "/" in name else None
+        photos.append(Photo(name, _uri(fs, path), index.get(top)))
+    return photos
+
+
+def embedded_split(eval_names: Sequence[str]) -> tuple[list[Photo], list[Photo]]:
+    """(train, eval) of the embedded sample photos: `eval_names` on the eval side, the rest
+    on the training side."""
+    photos = sample_photos()
+    unknown = sorted(set(eval_names) - set(photos))
+    if unknown:
+        raise ConfigError(
+            f"unknown embedded photo(s) {', '.join(unknown)}; known: {', '.join(photos)}"
+        )
+    split_scene = SAME_SCENE & set(eval_names)
+    if split_scene and split_scene != SAME_SCENE:
+        raise ConfigError(
+            f"{' and '.join(sorted(SAME_SCENE))} show one scene: put both or neither on the eval "
+            f"side, not only {', '.join(sorted(split_scene))}"
+        )
+    train = [Photo(name, str(path)) for name, path in photos.items() if name not in eval_names]
+    evaluation = [Photo(name, str(path)) for name, path in photos.items() if name in eval_names]
+    if not train or not evaluation:
+        raise ConfigError(
+            f"the embedded split needs photos on both sides; eval photos: {list(eval_names)}"
+        )
+    return train, evaluation
+
+
+def read_image(uri: str) -> Image.Image:
+    """load_image for a local path or a URL (s3://...): same checks, same errors."""
+    if "://" not in uri:
+        return load_image(uri)
+    fs, path = url_to_fs(uri)
+    try:
+        f = fs.open(path, "rb")
+    except OSError as e:
+        raise ImageLoadError(uri, open_error_reason(e)) from e
+    with f:
+        return decode_image(f, uri)
+
+
+def usable_images(
+    photos: Sequence[Photo], min_size: int, source: str
+) -> tuple[Iterator[tuple[Photo, Image.Image]], list[dict]]:
+    """Read the photos one at a time, skipping unusable files (unreadable, or smaller than
+    `min_size` on a side) with their reason.
+
+    Returns an iterator of (photo, image) and the list of skipped files ({"file", "reason"}), which
+    is complete once the iterator is exhausted. Streaming keeps one photo in memory at a time (an
+    ImageNet val folder does not fit). When exhausted it logs "used N, skipped M"; if nothing was
+    usable it raises AFDError naming `source` and the reasons.
+    """
+    skipped: list[dict] = []
+
+    def read() -> Iterator[tuple[Photo, Image.Image]]:
+        used = 0
+        for photo in tqdm(photos, desc=f"reading {source}", unit="photo"):
+            try:
+                img = read_image(photo.uri)
+                if min(img.size) < min_size:
+                    raise ImageLoadError(
+                        photo.uri, f"too small ({img.width}x{img.height}, need {min_size} a side)"
+                    )
+            except ImageLoadError as e:
+                skipped.append({"file": photo.name, "reason": e.reason})
+                continue
+            used += 1
+            yield photo, img
+        summary = f"used {used}, skipped {len(skipped)}{_reason_counts(skipped)}"
+        if not used:
+            examples = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
+            raise AFDError(f"no usable images in {source}: {summary}. First ones: {examples}")
+        log.info("%s: %s", source, summary)
+
+    return read(), skipped
+
+
+def _find_images(root: str):
+    """(file system, root path on it, sorted image paths on it); ConfigError if none."""
+    try:
+        fs, base = url_to_fs(root)
+        if not fs.isdir(base):
+            problem = "not a folder" if fs.exists(base) else "no such folder"
+            raise ConfigError(f"image source {root}: {problem}")
+        paths = sorted(p for p in fs.find(base) if p.lower().endswith(IMAGE_EXTENSIONS))
+    except AFDError:
+        raise
+    except Exception as e:  # remote file systems fail in many ways: credentials, bucket, network
+        raise ConfigError(f"image source {root}: cannot list it ({_short(e)})") from e
+    if not paths:
+        raise ConfigError(f"image source {root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return fs, base, paths
+
+
+def _uri(fs, path: str) -> str:
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def _short(error: Exception) -> str:
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0][:200]}"
+
+
+def _reason_counts(skipped: list[dict]) -> str:
+    # The reason up to its details: "truncated or corrupt image data (...)" counts as one kind.
+    kinds = collections.Counter(s["reason"].split(" (")[0].split(":")[0] for s in skipped)
+    return f" ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))})" if kinds else ""
+
+
+# ---- clean sets ---------------------------------------------------------------------------------
+
+
+def make_patches(
+    photos: Sequence[Photo],
+    count: int,
+    size: int,
+    seed: int,
+    out_dir: str | os.PathLike,
+    source: str,
+) -> dict:
+    """DIV2K-C clean patches: `count` random size x size crops on the 16-pixel grid, as PNG.
+
+    Patch i comes from usable photo i mod N (round-robin, so every photo gives as many patches as
+    the count allows); the crop positions are drawn from one numpy Generator seeded by `seed`.
+    Same photos + seed -> byte-identical files. Returns the manifest.
+    """
+    images, skipped = usable_images(photos, size, source)
+    images = list(images)  # round-robin needs the number of usable photos up front
+    if count < 1:
+        raise ConfigError(f"patch count must be >= 1, got {count!r}")
+    rng = np.random.default_rng(seed)
+    with atomic_dir(out_dir) as tmp:
+        patches = []
+        for index in tqdm(range(count), desc="patches", unit="patch"):
+            photo, img = images[index % len(images)]
+            left, top = random_crop_position(img, size, rng, photo.name)
+            patch_id = _set_id("p", index, count)
+            img.crop((left, top, left + size, top + size)).save(tmp / f"{patch_id}.png")
+            patches.append({"id": patch_id, "photo": photo.name, "left": left, "top": top})
+        manifest = {"source": source, "patches": patches, "skipped": skipped}
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def make_eval_clean(
+    photos: Sequence[Photo],
+    out_dir: str | os.PathLike,
+    view_sizes: Sequence[int],
+    max_images: int,
+    source: str,
+) -> dict:
+    """Clean 224x224 evaluation images as PNG.
+
+    Without `view_sizes`: one image per photo with the ImageNet-C preprocessing (Resize(256),
+    CenterCrop(224)). With them (few photos): per photo and size s, Resize(s) then five crops on
+    the 16-pixel grid (centre, corners), view "s320_tl" etc. `max_images` > 0 keeps that many,
+    from evenly spaced photos. Returns the manifest.
+    """
+    views_per_photo = len(_GRID_CROPS) * len(view_sizes) or 1
+    if max_images > 0:
+        photos = _evenly_spaced(photos, math.ceil(max_images / views_per_photo))
+        total = min(max_images, len(photos) * views_per_photo)
+    else:
+        total = len(photos) * views_per_photo
+    images, skipped = usable_images(photos, 1, source)  # Resize scales any size, as ImageNet-C
+    records: list[dict] = []
+    with atomic_dir(out_dir) as tmp:
+        for photo, img in images:
+            for view, crop in _eval_views(img, view_sizes):
+                if len(records) == total:
+                    break
+                image_id = _set_id("e", len(records), total)
+                crop.save(tmp / f"{image_id}.png")
+                records.append(
+                    {"id": image_id, "photo": photo.name, "view": view, "label": photo.label}
+                )
+        manifest = {"source": source, "images": records, "skipped": skipped}
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+_GRID_CROPS = ("c", "tl", "tr", "bl", "br")
+
+
+def _eval_views(img: Image.Image, view_sizes: Sequence[int]) -> Iterator[tuple[str, Image.Image]]:
+    if not view_sizes:
+        yield IMAGENET_C_VIEW, resize_center_crop(img, EVAL_RESIZE, EVAL_SIZE)
+        return
+    for view_size in view_sizes:
+        resized = TF.resize(img, view_size)
+        right = GRID * ((resized.width - EVAL_SIZE) // GRID)
+        bottom = GRID * ((resized.height - EVAL_SIZE) // GRID)
+        corners = {"tl": (0, 0), "tr": (right, 0), "bl": (0, bottom), "br": (right, bottom)}
+        for position in _GRID_CROPS:
+            if position == "c":
+                crop = center_crop(resized, EVAL_SIZE)
+            else:
+                left, top = corners[position]
+                crop = resized.crop((left, top, left + EVAL_SIZE, top + EVAL_SIZE))
+            yield f"s{view_size}_{position}", crop
+
+
+def _evenly_spaced(items: Sequence, count: int) -> list:
+    return [items[i * len(items) // count] for i in range(min(count, len(items)))]
+
+
+# ---- degraded sets ------------------------------------------------------------------------------
+
+DEGRADED_KINDS = ("jpeg", "multi", "avif")
+
+
+def make_degraded_set(
+    clean_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    kind: str,
+    level: int,
+    seed: int = 0,
+    resave_q85: bool = False,
+    multi_qualities: Sequence[int] = IMAGENET_C_JPEG_QUALITIES,
+) -> None:
+    """Compress every <id>.png of `clean_dir` into `out_dir`, storing the real file bytes.
+
+    kind "jpeg": <id>.jpg at quality `level` (with `resave_q85`: saved once more at 85, like the
+    released ImageNet-C). "avif": <id>.avif at quality `level`. "multi": <id>.jpg compressed
+    `level` times, each round's quality drawn from `multi_qualities` by a seed made of `seed` and
+    the id, so an image's CT=k qualities are the first k of its CT=k+1; qualities.json lists them.
+    """
+    if kind not in DEGRADED_KINDS:
+        raise ConfigError(f"unknown set kind {kind!r}; valid: {', '.join(DEGRADED_KINDS)}")
+    if resave_q85 and kind != "jpeg":
+        raise ConfigError(f"resave_q85 applies to JPEG sets only, not {kind!r}")
+    items = load_set(clean_dir)
+    used_qualities = {}
+    with atomic_dir(out_dir) as tmp:
+        for image_id, path in tqdm(items, desc=f"{kind} {level}", unit="image"):
+            img = load_image(path)
+            if kind == "jpeg":
+                data, suffix = encode_jpeg(img, level, resave_q85), ".jpg"
+            elif kind == "avif":
+                data, suffix = encode_avif(img, level), ".avif"
+            else:
+                image_seed = _image_seed(seed, image_id)
+                data, used_qualities[image_id] = multi_compress_jpeg(
+                    img, level, image_seed, multi_qualities
+                )
+                suffix = ".jpg"
+            (tmp / f"{image_id}{suffix}").write_bytes(data)
+        if kind == "multi":
+            write_json(tmp / MULTI_QUALITIES, used_qualities)
+
+
+def copy_imagenet_c(
+    clean_dir: str | os.PathLike, out_dir: str | os.PathLike, quality: int, imagenet_c_dir: str
+) -> None:
+    """The JPEG set at `quality` from the released ImageNet-C files instead of encoding:
+    <imagenet_c_dir>/jpeg_compression/<severity>/<wnid>/<file> for each eval image's photo."""
+    if quality not in IMAGENET_C_JPEG_QUALITIES:
+        raise ConfigError(
+            f"ImageNet-C has no JPEG quality {quality!r}; "
+            f"its qualities: {IMAGENET_C_JPEG_QUALITIES}"
+        )
+    severity = IMAGENET_C_JPEG_QUALITIES.index(quality) + 1
+    records = _eval_records(clean_dir)
+    other_views = sorted({r["view"] for r in records} - {IMAGENET_C_VIEW})
+    if other_views:
+        raise ConfigError(
+            f"{clean_dir} holds views {other_views}: ImageNet-C files match only an eval set made "
+            "with the ImageNet-C preprocessing (sources.kind: folders)"
+        )
+    fs, base = url_to_fs(imagenet_c_dir)
+    with atomic_dir(out_dir) as tmp:
+        for record in tqdm(records, desc=f"ImageNet-C severity {severity}", unit="image"):
+            released = posixpath.join(base, "jpeg_compression", str(severity), record["photo"])
+            try:
+                data = fs.cat_file(released)
+            except FileNotFoundError as e:
+                raise AFDError(
+                    f"ImageNet-C file missing: {_uri(fs, released)} (for eval image "
+                    f"{record['id']}); is {imagenet_c_dir} the released ImageNet-C of this "
+                    "eval_dir?"
+                ) from e
+            (tmp / f"{record['id']}.jpg").write_bytes(data)
+
+
+def _image_seed(seed: int, image_id: str) -> int:
+    # A stable hash (Python's hash() of a str changes between processes).
+    return int.from_bytes(hashlib.sha256(f"{seed}/{image_id}".encode()).digest()[:8], "big")
+
+
+# ---- reading sets back --------------------------------------------------------------------------
+
+
+def load_set(directory: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(id, file) of every image of a set directory, sorted by id."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AFDError(f"data set {directory}: no such folder (run `dvc repro` to build it)")
+    items = sorted(
+        (path.stem, path) for path in directory.iterdir() if path.suffix in SET_EXTENSIONS
+    )
+    if not items:
+        raise AFDError(f"data set {directory}: holds no images ({', '.join(SET_EXTENSIONS)})")
+    return items
+
+
+def labels(clean_dir: str | os.PathLike) -> dict[str, int | None]:
+    """id -> ImageNet class index (None where the source had no labels) of an eval set."""
+    return {record["id"]: record["label"] for record in _eval_records(clean_dir)}
+
+
+class PairedImages(Dataset):
+    """(clean, degraded, id) of a clean set and one of its degraded sets; tensors (3, H, W) in
+    [0, 1]."""
+
+    def __init__(self, clean_dir: str | os.PathLike, degraded_dir: str | os.PathLike):
+        clean, degraded = dict(load_set(clean_dir)), dict(load_set(degraded_dir))
+        mismatched = sorted(clean.keys() ^ degraded.keys())
+        if mismatched:
+            first = mismatched[0]
+            holder = clean_dir if first in clean else degraded_dir
+            raise AFDError(
+                f"{clean_dir} and {degraded_dir} hold different images: {len(mismatched)} id(s) "
+                f"in only one of them; the first, {first}, is only in {holder}"
+            )
+        self.items = [(image_id, clean[image_id], degraded[image_id]) for image_id in sorted(clean)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        image_id, clean, degraded = self.items[index]
+        return to_tensor(load_image(clean)), to_tensor(load_image(degraded)), image_id
+
+
+def _eval_records(clean_dir: str | os.PathLike) -> list[dict]:
+    """The "images" of a clean eval set's manifest."""
+    path = Path(clean_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AFDError(f"{path}: cannot read the set's manifest ({e})") from e
+    if "images" not in manifest:
+        raise AFDError(f"{path}: not an evaluation set's manifest (it lists no images)")
+    return manifest["images"]
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder; if the block succeeds it replaces `path` as a whole,
+    otherwise it is removed and `path` (old or absent) is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the set is an ordinary folder
+    try:
+        yield tmp
+        if path.exists() or path.is_symlink():
+            old = tmp.with_suffix(".old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            old.unlink() if old.is_symlink() else shutil.rmtree(old)  # DVC may link outputs
+        else:
+            os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _set_id(prefix: str, index: int, total: int) -> str:
+    # Fixed width per set, so string order is numeric order.
+    return f"{prefix}{index:0{max(5, len(str(total - 1)))}d}"

@@ -1,0 +1,31 @@
+"""DIV2K-C clean patches: seeded random crops of the training photos (params: sources, patches,
+seed, and the profile's patch_count)."""
+
+import argparse
+
+from layout import PATCHES
+from params import load_params, stage_main, training_profile
+
+from afd.data import embedded_split, folder_photos, make_patches
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default=str(PATCHES / "clean"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    sources = params["sources"]
+    if sources["kind"] == "embedded":
+        photos, source = embedded_split(sources["embedded"]["eval_photos"])[0], "embedded"
+    else:
+        photos, source = folder_photos(sources["train_dir"]), sources["train_dir"]
+    count = training_profile(params)["patch_count"]
+    size, seed = params["patches"]["size"], params["seed"]
+    manifest = make_patches(photos, count, size, seed, args.out, source)
+    print(f"{args.out}: {count} patches from {source}, {len(manifest['skipped'])} files skipped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from skimage import data as skdata
+
+from afd.compress import encode_jpeg
+from afd.data import (
+    PairedImages,
+    copy_imagenet_c,
+    embedded_split,
+    folder_photos,
+    image_folder,
+    labels,
+    list_images,
+    load_set,
+    make_degraded_set,
+    make_eval_clean,
+    make_patches,
+    read_image,
+)
+from afd.errors import AFDError, ConfigError, ImageLoadError
+from afd.images import load_image
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_PHOTOS = ["chelsea", "coffee", "grace_hopper", "rocket"]
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float64)
+
+
+def _mse(a: Image.Image, b: Image.Image) -> float:
+    return float(np.mean((_pixels(a) - _pixels(b)) ** 2))
+
+
+def _hidden_entries(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def eval_clean(tmp_path_factory) -> Path:
+    """A small clean eval set from the embedded eval photos: 6 views."""
+    out = tmp_path_factory.mktemp("eval") / "clean"
+    make_eval_clean(embedded_split(EVAL_PHOTOS)[1], out, [256], 6, "embedded")
+    return out
+
+
+def _astronaut(size=300) -> Image.Image:
+    return Image.fromarray(skdata.astronaut()[:size, :size])
+
+
+# ---- clean sets ---------------------------------------------------------------------------------
+
+
+def test_patches_are_deterministic_and_on_the_grid(tmp_path):
+    train, _ = embedded_split(EVAL_PHOTOS)
+    first = make_patches(train, 10, 64, 3, tmp_path / "a", "embedded")
+    make_patches(train, 10, 64, 3, tmp_path / "b", "embedded")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")  # byte-identical, manifest included
+    names = sorted(_files(tmp_path / "a"))
+    assert names == ["manifest.json"] + [f"p{i:05d}.png" for i in range(10)]
+
+    patches = first["patches"]
+    assert [p["photo"] for p in patches[:8]] == [photo.name for photo in train]  # round-robin
+    photos = {photo.name: load_image(photo.uri) for photo in train}
+    for patch in patches:
+        assert patch["left"] % 16 == 0 and patch["top"] % 16 == 0
+        box = (patch["left"], patch["top"], patch["left"] + 64, patch["top"] + 64)
+        expected = photos[patch["photo"]].crop(box)
+        assert load_image(tmp_path / "a" / f"{patch['id']}.png").tobytes() == expected.tobytes()
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest == {"source": "embedded", "patches": patches, "skipped": []}
+
+    other = make_patches(train, 10, 64, 4, tmp_path / "c", "embedded")["patches"]
+    assert [(p["left"], p["top"]) for p in other] != [(p["left"], p["top"]) for p in patches]
+
+
+def test_eval_views_and_max_images(tmp_path, eval_clean):
+    manifest = json.loads((eval_clean / "manifest.json").read_text())
+    images = manifest["images"]
+    assert [r["id"] for r in images] == [f"e{i:05d}" for i in range(6)]
+    # 6 of 5 views per photo: 2 evenly spaced photos, the second cut short.
+    assert [r["photo"] for r in images] == ["chelsea"] * 5 + ["grace_hopper"]
+    assert [r["view"] for r in images[:5]] == ["s256_c", "s256_tl", "s256_tr", "s256_bl", "s256_br"]
+    assert all(r["label"] is None for r in images) and labels(eval_clean) == {
+        r["id"]: None for r in images
+    }
+    for image_id, path in load_set(eval_clean):
+        assert path.suffix == ".png" and load_image(path).size == (224, 224)
+
+    everything = make_eval_clean(embedded_split(EVAL_PHOTOS)[1], tmp_path / "all", [256, 320], 0,
+                                 "embedded")
+    assert len(everything["images"]) == 4 * 2 * 5
+    assert len({(r["photo"], r["view"]) for r in everything["images"]}) == 40
+
+
+# ---- degraded sets ------------------------------------------------------------------------------
+
+
+def test_jpeg_set_holds_real_jpeg_files(tmp_path, eval_clean):
+    errors = {}
+    for quality in (25, 7):
+        out = tmp_path / f"jpeg_q{quality}"
+        make_degraded_set(eval_clean, out, "jpeg", quality)
+        assert sorted(_files(out)) == [f"e{i:05d}.jpg" for i in range(6)]
+        errors[quality] = []
+        for (image_id, clean), (same_id, degraded) in zip(load_set(eval_clean), load_set(out)):
+            assert image_id == same_id
+            raw = degraded.read_bytes()
+            assert raw[:2] == b"\xff\xd8"
+            assert Image.open(degraded).format == "JPEG"
+            clean_img, jpeg_img = load_image(clean), load_image(degraded)
+            assert raw == encode_jpeg(clean_img, quality)
+            assert jpeg_img.size == (224, 224) and jpeg_img.tobytes() != clean_img.tobytes()
+            errors[quality].append(_mse(clean_img, jpeg_img))
+    assert np.mean(errors[7]) > np.mean(errors[25])
+
+    make_degraded_set(eval_clean, tmp_path / "resaved", "jpeg", 7, resave_q85=True)
+    clean_img = load_image(eval_clean / "e00000.png")
+    assert (tmp_path / "resaved" / "e00000.jpg").read_bytes() == encode_jpeg(clean_img, 7, True)
+    with pytest.raises(ConfigError, match="JPEG sets only"):
+        make_degraded_set(eval_clean, tmp_path / "x", "avif", 7, resave_q85=True)
+    with pytest.raises(ConfigError, match="valid: jpeg, multi, avif"):
+        make_degraded_set(eval_clean, tmp_path / "x", "webp", 7)
+
+
+def test_multi_compression_prefix_property(tmp_path, eval_clean):
+    qualities = {}
+    for times in (1, 2, 3):
+        out = tmp_path / f"multi_ct{times}"
+        make_degraded_set(eval_clean, out, "multi", times, seed=5, multi_qualities=[25, 10, 7])
+        qualities[times] = json.loads((out / "qualities.json").read_text())
+        assert sorted(qualities[times]) == [image_id for image_id, _ in load_set(eval_clean)]
+        assert sorted(p.name for p in out.glob("*.jpg")) == [f"e{i:05d}.jpg" for i in range(6)]
+    for image_id, used in qualities[3].items():
+        assert len(used) == 3 and set(used) <= {25, 10, 7}
+        assert qualities[2][image_id] == used[:2] and qualities[1][image_id] == used[:1]
+    assert len({tuple(used) for used in qualities[3].values()}) > 1  # each image its own sequence
+
+    clean_img = load_image(eval_clean / "e00000.png")
+    q1, q2 = qualities[2]["e00000"]
+    once = tmp_path / "multi_ct1" / "e00000.jpg"
+    assert once.read_bytes() == encode_jpeg(clean_img, q1)
+    twice = tmp_path / "multi_ct2" / "e00000.jpg"
+    assert twice.read_bytes() == encode_jpeg(load_image(once), q2)
+
+    make_degraded_set(eval_clean, tmp_path / "again", "multi", 3, seed=5,
+                      multi_qualities=[25, 10, 7])
+    assert _files(tmp_path / "again") == _files(tmp_path / "multi_ct3")
+
+
+def test_avif_set_decodes(tmp_path, eval_clean):
+    make_degraded_set(eval_clean, tmp_path / "avif_q10", "avif", 10)
+    avif_set = load_set(tmp_path / "avif_q10")
+    for (image_id, clean), (_, degraded) in zip(load_set(eval_clean), avif_set):
+        assert degraded.name == f"{image_id}.avif" and degraded.read_bytes()[4:12] == b"ftypavif"
+        img = load_image(degraded)
+        assert img.size == (224, 224) and img.tobytes() != load_image(clean).tobytes()
+
+
+def test_a_failing_set_leaves_nothing_half_written(tmp_path, eval_clean):
+    clean = tmp_path / "clean"
+    shutil.copytree(eval_clean, clean)
+    out = tmp_path / "jpeg_q10"
+    (clean / "e00003.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+
+    with pytest.raises(ImageLoadError, match="e00003.png"):
+        make_degraded_set(clean, out, "jpeg", 10)
+    assert not out.exists() and _hidden_entries(tmp_path) == []
+
+    make_degraded_set(eval_clean, out, "jpeg", 10)
+    before = _files(out)
+    with pytest.raises(ImageLoadError):
+        make_degraded_set(clean, out, "jpeg", 25)
+    assert _files(out) == before and _hidden_entries(tmp_path) == []
+
+    make_degraded_set(eval_clean, out, "jpeg", 25)  # a good run replaces the old set as a whole
+    assert _files(out) != before and _hidden_entries(tmp_path) == []
+
+
+# ---- sources ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    photo = _astronaut()
+    photo.save(folder / "good.jpg", quality=95)
+    buffer = (folder / "good.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(buffer[: len(buffer) // 2])
+    (folder / "notes.JPG").write_text("not a picture\n" * 10)
+    (folder / "empty.png").touch()
+    photo.resize((100, 100)).save(folder / "small.png")
+    photo.convert("L").save(folder / "sub" / "gray.png")
+    photo.convert("CMYK").save(folder / "sub" / "cmyk.jpg", quality=95)
+    sixteen = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(folder / "sub" / "deep.png")
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+    return folder
+
+
+def test_bad_files_are_skipped_and_odd_modes_converted(tmp_path, messy_folder, caplog):
+    assert Image.open(messy_folder / "sub" / "deep.png").mode.startswith("I")
+    uris = list_images(str(messy_folder))
+    assert [Path(u).relative_to(messy_folder).as_posix() for u in uris] == [
+        "cut.jpg", "empty.png", "good.jpg", "notes.JPG", "small.png",
+        "sub/cmyk.jpg", "sub/deep.png", "sub/gray.png",
+    ]
+    with caplog.at_level(logging.INFO, logger="afd.data"):
+        manifest = make_patches(folder_photos(str(messy_folder)), 8, 224, 0, tmp_path / "out",
+                                str(messy_folder))
+    reasons = {s["file"]: s["reason"] for s in manifest["skipped"]}
+    assert sorted(reasons) == ["cut.jpg", "empty.png", "notes.JPG", "small.png"]
+    assert reasons["cut.jpg"].startswith("truncated or corrupt")
+    assert reasons["notes.JPG"].startswith("not an image")
+    assert reasons["empty.png"] == "empty file (0 bytes)"
+    assert reasons["small.png"].startswith("too small (100x100")
+    used = {p["photo"] for p in manifest["patches"]}
+    assert used == {"good.jpg", "sub/cmyk.jpg", "sub/deep.png", "sub/gray.png"}
+    assert "used 4, skipped 4 (1 empty file, 1 not an image, 1 too small, " in caplog.text
+    for patch in manifest["patches"]:
+        assert Image.open(tmp_path / "out" / f"{patch['id']}.png").mode == "RGB"
+
+
+def test_unusable_sources_raise(tmp_path, messy_folder):
+    for name in ("good.jpg", "sub/gray.png", "sub/cmyk.jpg", "sub/deep.png"):
+        (messy_folder / name).unlink()
+    with pytest.raises(AFDError, match=f"no usable images in {messy_folder}: used 0, skipped 4"):
+        make_patches(folder_photos(str(messy_folder)), 4, 224, 0, tmp_path / "out",
+                     str(messy_folder))
+    assert not (tmp_path / "out").exists()
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="empty: no image files"):
+        list_images(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="nowhere: no such folder"):
+        list_images(str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="not a folder"):
+        list_images(str(messy_folder / "readme.txt"))
+
+
+def test_urls_read_through_fsspec_with_load_images_errors(tmp_path):
+    fs = fsspec.filesystem("memory")
+    buffer = tmp_path / "x.png"
+    _astronaut(64).save(buffer)
+    fs.pipe("/bucket/photos/a/x.png", buffer.read_bytes())
+    fs.pipe("/bucket/photos/empty.jpg", b"")
+    uris = list_images("memory://bucket/photos")
+    assert uris == ["memory:///bucket/photos/a/x.png", "memory:///bucket/photos/empty.jpg"]
+    assert read_image(uris[0]).tobytes() == load_image(buffer).tobytes()
+    empty = r"memory:///bucket/photos/empty.jpg: empty file \(0 bytes\)"
+    with pytest.raises(ImageLoadError, match=empty):
+        read_image(uris[1])
+    with pytest.raises(ImageLoadError, match="memory://bucket/nope.png: file does not exist"):
+        read_image("memory://bucket/nope.png")
+    with pytest.raises(ConfigError, match="memory://bucket/none: no such folder"):
+        list_images("memory://bucket/none")
+
+
+def test_embedded_split():
+    train, evaluation = embedded_split(EVAL_PHOTOS)
+    assert [p.name for p in evaluation] == EVAL_PHOTOS
+    assert not {p.name for p in train} & set(EVAL_PHOTOS) and len(train) >= 4
+    assert {p.name for p in train} | set(EVAL_PHOTOS) == {
+        p.name for p in embedded_split(["chelsea"])[0]
+    } | {"chelsea"}
+    both = embedded_split(["motorcycle_left", "motorcycle_right"])[1]
+    assert [p.name for p in both] == ["motorcycle_left", "motorcycle_right"]
+    with pytest.raises(ConfigError, match="one scene.*not only motorcycle_left"):
+        embedded_split(["chelsea", "motorcycle_left"])
+    with pytest.raises(ConfigError, match="unknown embedded photo.*lena; known: astronaut, "):
+        embedded_split(["chelsea", "lena"])
+
+
+def test_image_folder_labels_from_sorted_wnids(tmp_path):
+    root = tmp_path / "val"
+    for wnid in ("n03000000", "n01000000", "n02000000", ".cache"):
+        (root / wnid).mkdir(parents=True)
+    photo = _astronaut(64)
+    for wnid, name in [("n03000000", "c.JPEG"), ("n01000000", "a.JPEG"), ("n02000000", "b.JPEG")]:
+        photo.save(root / wnid / name)
+    photos = image_folder(str(root))
+    assert [(p.name, p.label) for p in photos] == [
+        ("n01000000/a.JPEG", 0), ("n02000000/b.JPEG", 1), ("n03000000/c.JPEG", 2)
+    ]
+    manifest = make_eval_clean(photos, tmp_path / "clean", [], 0, str(root))
+    assert [(r["photo"], r["view"], r["label"]) for r in manifest["images"]] == [
+        ("n01000000/a.JPEG", "imagenet_c", 0),
+        ("n02000000/b.JPEG", "imagenet_c", 1),
+        ("n03000000/c.JPEG", "imagenet_c", 2),
+    ]
+    assert labels(tmp_path / "clean") == {"e00000": 0, "e00001": 1, "e00002": 2}
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    photo.save(flat / "x.jpg")
+    assert [p.label for p in image_folder(str(flat))] == [None]
+
+
+def test_imagenet_c_files_are_copied(tmp_path):
+    root = tmp_path / "val"
+    (root / "n01000000").mkdir(parents=True)
+    _astronaut(64).save(root / "n01000000" / "a.JPEG")
+    make_eval_clean(image_folder(str(root)), tmp_path / "clean", [], 0, str(root))
+    released = tmp_path / "imagenet-c" / "jpeg_compression" / "4" / "n01000000" / "a.JPEG"
+    released.parent.mkdir(parents=True)
+    released.write_bytes(encode_jpeg(load_image(tmp_path / "clean" / "e00000.png"), 10, True))
+
+    copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q10", 10, str(tmp_path / "imagenet-c"))
+    assert _files(tmp_path / "jpeg_q10") == {"e00000.jpg": released.read_bytes()}
+    missing = r"ImageNet-C file missing: .*/jpeg_compression/5/n01000000/a.JPEG"
+    with pytest.raises(AFDError, match=missing):
+        copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q7", 7, str(tmp_path / "imagenet-c"))
+    assert not (tmp_path / "jpeg_q7").exists()
+    with pytest.raises(ConfigError, match="no JPEG quality 50"):
+        copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q50", 50, str(tmp_path / "imagenet-c"))
+
+
+# ---- reading back -------------------------------------------------------------------------------
+
+
+def test_paired_images(tmp_path, eval_clean):
+    degraded = tmp_path / "jpeg_q18"
+    make_degraded_set(eval_clean, degraded, "jpeg", 18)
+    pairs = PairedImages(eval_clean, degraded)
+    assert len(pairs) == 6
+    clean, compressed, image_id = pairs[2]
+    assert image_id == "e00002" and clean.shape == compressed.shape == (3, 224, 224)
+    assert 0.0 <= float(compressed.min()) and float(compressed.max()) <= 1.0
+
+    (degraded / "e00004.jpg").unlink()
+    with pytest.raises(AFDError, match=rf"{eval_clean} and {degraded} hold different images: "
+                                       rf"1 id.*; the first, e00004, is only in {eval_clean}$"):
+        PairedImages(eval_clean, degraded)
+    with pytest.raises(AFDError, match="no such folder"):
+        load_set(tmp_path / "missing")
+
+
+# ---- stage scripts ------------------------------------------------------------------------------
+
+
+def _stage(cwd: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / script), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def _write_params(cwd: Path, changes: dict | None = None) -> None:
+    """The project's params.yaml, small, with `changes` ({"dotted.key": value}) applied."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    small = {"profiles.default.patch_count": 3, "sources.embedded.view_sizes": [256],
+             "sources.max_eval_images": 4}
+    for key, value in {**small, **(changes or {})}.items():
+        *parents, name = key.split(".")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        node[name] = value
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_stage_scripts_build_the_layout(tmp_path):
+    _write_params(tmp_path)
+    for script, *args in [
+        ("patches.py",),
+        ("eval_clean.py",),
+        ("degrade_set.py", "--kind", "jpeg", "--level", "25", "--clean", "data/div2k_c/clean",
+         "--out", "data/div2k_c/jpeg_q25"),
+        ("degrade_set.py", "--kind", "jpeg", "--level", "7", "--clean", "data/eval/clean",
+         "--out", "data/eval/jpeg_q7", "--resave-q85", "--imagenet-c"),
+        ("degrade_set.py", "--kind", "multi", "--level", "2", "--clean", "data/eval/clean",
+         "--out", "data/eval/multi_ct2"),
+        ("degrade_set.py", "--kind", "avif", "--level", "18", "--clean", "data/eval/clean",
+         "--out", "data/eval/avif_q18"),
+    ]:
+        result = _stage(tmp_path, script, *args)
+        assert result.returncode == 0, result.stderr
+    layout = {
+        str(p.relative_to(tmp_path / "data")) for p in (tmp_path / "data").rglob("*") if p.is_file()
+    }
+    patches = {f"div2k_c/clean/p0000{i}.png" for i in range(3)} | {"div2k_c/clean/manifest.json"}
+    patches |= {f"div2k_c/jpeg_q25/p0000{i}.jpg" for i in range(3)}
+    ids = [f"e0000{i}" for i in range(4)]
+    evaluation = {f"eval/clean/{i}.png" for i in ids} | {"eval/clean/manifest.json"}
+    evaluation |= {f"eval/jpeg_q7/{i}.jpg" for i in ids} | {f"eval/avif_q18/{i}.avif" for i in ids}
+    evaluation |= {f"eval/multi_ct2/{i}.jpg" for i in ids} | {"eval/multi_ct2/qualities.json"}
+    assert layout == patches | evaluation
+    first = load_image(tmp_path / "data/eval/clean/e00000.png")
+    assert (tmp_path / "data/eval/jpeg_q7/e00000.jpg").read_bytes() == encode_jpeg(first, 7)
+
+
+def _stage_params_module():
+    # stages/ is a folder of scripts, not a package: load its params module from the file.
+    spec = importlib.util.spec_from_file_location("stage_params", REPO / "stages" / "params.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"patches.size": 100}, "patches.size must be a multiple of 16, >= 16, got 100"),
+        ({"eval_sets.jpeg_qualities": [25, 0]}, "eval_sets.jpeg_qualities must be"),
+        ({"eval_sets.avif_qualities": [25, "7"]}, "eval_sets.avif_qualities must be"),
+        ({"eval_sets.compression_times": [1, 1.5]}, "eval_sets.compression_times must be"),
+        ({"profiles.default.patch_count": 0}, "profiles.default.patch_count must be"),
+        ({"profile": "fast"}, "unknown profile 'fast'; known: default, paper"),
+        ({"sources.kind": "web"}, "sources.kind must be one of embedded, folders, got 'web'"),
+        ({"sources.kind": "folders"}, "sources.train_dir must be a folder path"),
+    ],
+)
+def test_params_are_checked(tmp_path, changes, message):
+    _write_params(tmp_path, changes)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _stage_params_module().load_params(str(tmp_path / "params.yaml"))
+
+
+def test_stage_errors_exit_2_naming_the_key(tmp_path):
+    _write_params(tmp_path, {"patches.size": 100})
+    result = _stage(tmp_path, "patches.py")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: patches.size must be a multiple of 16, >= 16, got 100"
+    )
+    assert "Traceback" not in result.stderr
+
+    _write_params(tmp_path, {"sources.kind": "folders", "sources.train_dir": "nowhere",
+                             "sources.eval_dir": "x"})
+    result = _stage(tmp_path, "patches.py")
+    assert result.returncode == 2 and "error: image source nowhere: no such folder" in result.stderr
+
+    _write_params(tmp_path)
+    result = _stage(tmp_path, "degrade_set.py", "--kind", "jpeg", "--level", "7", "--clean",
+                    "data/eval/clean", "--out", "data/eval/jpeg_q7")
+    assert result.returncode == 2
+    assert "error: data set data/eval/clean: no such folder" in result.stderr
+    assert not (tmp_path / "data").exists()
