@@ -88,6 +88,7 @@ def _check_data_params(params: dict, path: str) -> None:
     check("eval_sets.avif_qualities", int_list(1, 100), "a non-empty list of integers in 1..100")
     check("eval_sets.compression_times", int_list(1), "a non-empty list of integers >= 1")
     check("eval_sets.resave_q85", lambda v: isinstance(v, bool), "true or false")
+    check("train.mix_clean", lambda v: isinstance(v, bool), "true or false")
     profile_key = f"profiles.{value('profile')}.patch_count"
     training_profile(params)  # the profile exists
     check(profile_key, lambda v: _int_in(v, 1), "an integer >= 1")

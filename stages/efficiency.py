@@ -1,0 +1,44 @@
+"""Efficiency (paper Table VII) at each trained backbone's tap: params, MACs, CPU latency of the
+backbone, AFD unfused and fused, DDP and ARCNN, measured in one run (params: efficiency).
+
+The modules are built fresh: size and speed depend on the architecture, not on trained weights,
+so this stage need not wait for (or re-run after) training."""
+
+import argparse
+import platform
+
+import torch
+from layout import METRICS, backbone_from_params
+from params import load_params, stage_main
+
+from afd.benchmark import compare_efficiency, efficiency_ratios
+from afd.io import write_json
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    settings = params["efficiency"]
+    results = {}
+    for name in params["train"]["backbones"]:
+        _, tap, _ = backbone_from_params(params, name)
+        weights = params["backbones"][name].get("weights")
+        rows = compare_efficiency(
+            name, tap, weights, threads=settings["threads"], warmup=settings["warmup"],
+            repeats=settings["repeats"], progress=lambda names: print(f"timing {names}"),
+        )
+        results[name] = {
+            "setup": (f"One random 224x224 image, {settings['threads']} thread(s), channels-last, "
+                      f"{settings['warmup']} warm-up runs, {settings['repeats']} interleaved repeats, "
+                      f"on {platform.processor() or platform.machine()} with torch {torch.__version__}."),
+            "rows": [row.to_dict() for row in rows],
+            "ratios": efficiency_ratios(rows),
+        }
+    write_json(METRICS / "efficiency.json", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Fuse a trained AFD-Module into its deploy form, verified on real evaluation features
+(params: methods.<method>, fuse.verify_set); the difference is recorded in metrics/fuse/."""
+
+import argparse
+
+import torch
+from layout import METRICS, backbone_from_params, eval_sets, fused_model, trained_model
+from params import load_params, stage_main
+
+from afd.checkpoint import load_enhancer, save_enhancer
+from afd.data import load_set
+from afd.efficiency import count_parameters
+from afd.errors import ConfigError
+from afd.fusing import fuse_and_verify
+from afd.images import load_image, to_batch
+from afd.io import write_json
+from afd.methods import Method
+
+VERIFY_IMAGES = 8
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    if not Method.from_params(args.method, params["methods"]).fusable:
+        raise ConfigError(f"params.yaml: fuse.methods lists {args.method!r}, which has no RepConv to fuse")
+    source = trained_model(args.backbone, args.method)
+    module, meta = load_enhancer(source)
+    backbone, _, _ = backbone_from_params(params, args.backbone)
+
+    # Real compressed evaluation images: the features the module really works on.
+    sets, verify_set = eval_sets(params), params["fuse"]["verify_set"]
+    if verify_set not in sets:
+        raise ConfigError(f"params.yaml: fuse.verify_set {verify_set!r} is not an evaluation set; sets: {sorted(sets)}")
+    files = load_set(sets[verify_set])[:VERIFY_IMAGES]
+    images = to_batch([load_image(path) for _, path in files])
+    with torch.no_grad():
+        feature = backbone.forward_to_tap(images, meta["tap"])
+    fused, max_abs_diff = fuse_and_verify(module, feature, images, source=source)
+
+    save_enhancer(fused, fused_model(args.backbone, args.method), {**meta, "fuse_max_abs_diff": max_abs_diff})
+    write_json(METRICS / "fuse" / args.backbone / f"{args.method}.json", {
+        "max_abs_diff": max_abs_diff,
+        "verified_on_images": len(files),
+        "params_trained": count_parameters(module),
+        "params_fused": count_parameters(fused),
+    })
+    print(f"{args.backbone}/{args.method}: fused, max |fused - trained| = {max_abs_diff:.2e} on {len(files)} images")
+
+
+if __name__ == "__main__":
+    main()

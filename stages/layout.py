@@ -1,0 +1,61 @@
+"""Where the pipeline's files live, and the backbones as params.yaml configures them.
+
+The paths here are the ones dvc.yaml declares; stage scripts take them from here, not from literals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from afd.backbones import SplitBackbone, build_backbone
+from afd.errors import ConfigError
+
+PATCHES = Path("data/div2k_c")
+EVAL = Path("data/eval")
+MODELS = Path("models")
+CHECKPOINTS = Path("checkpoints")  # resumable training state; not a DVC output
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+
+def patch_sets(params: dict) -> tuple[Path, dict[str, Path]]:
+    """The clean DIV2K-C patches and their JPEG versions: (clean dir, {set name: dir})."""
+    return PATCHES / "clean", {f"jpeg_q{q}": PATCHES / f"jpeg_q{q}" for q in params["patches"]["qualities"]}
+
+
+def eval_sets(params: dict) -> dict[str, Path]:
+    """Every evaluation set by name, "clean" first, in params.yaml's order."""
+    sets = {"clean": EVAL / "clean"}
+    sets.update({f"jpeg_q{q}": EVAL / f"jpeg_q{q}" for q in params["eval_sets"]["jpeg_qualities"]})
+    sets.update({f"multi_ct{t}": EVAL / f"multi_ct{t}" for t in params["eval_sets"]["compression_times"]})
+    sets.update({f"avif_q{q}": EVAL / f"avif_q{q}" for q in params["eval_sets"]["avif_qualities"]})
+    return sets
+
+
+def model_dir(backbone: str, method: str) -> Path:
+    return MODELS / backbone / method
+
+
+def trained_model(backbone: str, method: str) -> Path:
+    return model_dir(backbone, method) / "model.pt"
+
+
+def fused_model(backbone: str, method: str) -> Path:
+    return model_dir(backbone, method) / "fused.pt"
+
+
+def deployable_model(backbone: str, method) -> Path:
+    """What evaluation and deployment use: the fused form where the method has one."""
+    return fused_model(backbone, method.name) if method.fusable else trained_model(backbone, method.name)
+
+
+def backbone_from_params(params: dict, name: str) -> tuple[SplitBackbone, str, str]:
+    """(backbone, tap, weights description) for `backbones.<name>` of params.yaml."""
+    settings = params.get("backbones", {})
+    if name not in settings:
+        raise ConfigError(f"params.yaml: backbones.{name} is not configured; configured: {sorted(settings)}")
+    weights = settings[name].get("weights")
+    backbone = build_backbone(name, weights)
+    tap = settings[name].get("tap") or backbone.default_tap
+    backbone.tap_channels(tap)  # an unknown tap fails here, naming the valid ones
+    return backbone, tap, str(weights) if weights else "default"

@@ -1,0 +1,67 @@
+"""Train one method for one backbone on DIV2K-C (params: seed, profile, methods.<method>,
+train.mix_clean).
+
+A killed run resumes from checkpoints/<backbone>/<method>/state.pt when re-run.
+"""
+
+import argparse
+import csv
+import dataclasses
+import io
+
+import torch
+from layout import CHECKPOINTS, METRICS, PLOTS, backbone_from_params, patch_sets, trained_model
+from params import load_params, stage_main, training_profile
+
+from afd.checkpoint import save_enhancer
+from afd.data import load_set
+from afd.io import atomic_write_text, write_json
+from afd.methods import Method
+from afd.train import PatchPairs, TrainConfig, train
+
+
+@stage_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    method = Method.from_params(args.method, params["methods"])
+    config = TrainConfig.from_profile(training_profile(params), params["seed"])
+    backbone, tap, weights = backbone_from_params(params, args.backbone)
+    if not backbone.pretrained:
+        print(f"warning: {args.backbone} has random weights; its results mean nothing")
+
+    clean_dir, degraded_dirs = patch_sets(params)
+    if params["train"]["mix_clean"]:
+        degraded_dirs["clean"] = clean_dir
+    data = PatchPairs(
+        [path for _, path in load_set(clean_dir)],
+        {name: [path for _, path in load_set(directory)] for name, directory in degraded_dirs.items()},
+    )
+    torch.manual_seed(params["seed"])
+    module = method.build(backbone, tap)
+    classifier = method.classifier(backbone, module, tap)
+    identity = {"name": f"{args.backbone}/{args.method}", "method": dataclasses.asdict(method), "tap": tap, "weights": weights}
+    result = train(classifier, module, method.loss, data, config,
+                   CHECKPOINTS / args.backbone / args.method / "state.pt", identity)
+
+    meta = {"backbone": args.backbone, "tap": tap, "method": args.method, "iterations": config.iterations}
+    save_enhancer(module.eval(), trained_model(args.backbone, args.method), meta)
+    curve = io.StringIO()
+    csv.writer(curve).writerows([("step", "loss"), *result.losses])
+    atomic_write_text(PLOTS / "train" / args.backbone / f"{args.method}.csv", curve.getvalue())
+    # Batches mix qualities, so one logging window is noisy: compare the first and last tenths.
+    tenth = max(1, len(result.losses) // 10)
+    first = sum(loss for _, loss in result.losses[:tenth]) / tenth
+    final = sum(loss for _, loss in result.losses[-tenth:]) / tenth
+    write_json(METRICS / "train" / args.backbone / f"{args.method}.json",
+               {"first_loss": first, "final_loss": final, "iterations": config.iterations})
+    print(f"{args.backbone}/{args.method}: loss {first:.4g} -> {final:.4g} (first and last tenth) "
+          f"in {result.seconds:.0f} s (resumed from step {result.resumed_from})")
+
+
+if __name__ == "__main__":
+    main()
