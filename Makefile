@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install repro test bench clean
+.PHONY: install repro test bench up down clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ repro: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# Local S3 (SeaweedFS) + MLflow tracking server on loopback; prints their URLs.
+up: $(INSTALLED)
+	$(BIN)/python -m services.stack up
+
+down: $(INSTALLED)
+	$(BIN)/python -m services.stack down
 
 bench: $(INSTALLED)
 	$(BIN)/python benches/efficiency.py

@@ -38,14 +38,15 @@ class SplitBackbone(nn.Module):
         default_tap: str,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
-        pretrained: bool,
+        weights_file: Path | None,
     ):
         super().__init__()
         self.name = name
         self.pieces = nn.Sequential(OrderedDict(pieces))
         self.taps = dict(taps)
         self.default_tap = default_tap
-        self.pretrained = pretrained
+        self.weights_file = weights_file  # None: random weights
+        self.pretrained = weights_file is not None
         # Constants, not weights: kept out of the state dict so it matches the library model's.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -156,15 +157,15 @@ def _missing_weights_error(name: str, path: Path, source: str) -> WeightsNotFoun
     )
 
 
-def _load_file_weights(model: nn.Module, name: str, weights: str | Path | None, source: str) -> bool:
-    """Fill `model` from a state-dict file; returns whether it is pre-trained."""
+def _load_file_weights(model: nn.Module, name: str, weights: str | Path | None, source: str) -> Path | None:
+    """Fill `model` from a state-dict file; returns the file (None for random weights)."""
     if weights == "random":
-        return False
+        return None
     path = Path(weights) if weights is not None else default_weights_path(name)
     if not path.is_file():
         raise _missing_weights_error(name, path, source)
     _load_exact(model, _read_state_dict(path), path, name)
-    return True
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ def _load_file_weights(model: nn.Module, name: str, weights: str | Path | None, 
 
 def _resnet50(weights: str | Path | None = None) -> SplitBackbone:
     model = torchvision.models.resnet50(weights=None)
-    pretrained = _load_file_weights(
+    weights_file = _load_file_weights(
         model,
         "resnet50",
         weights,
@@ -196,12 +197,12 @@ def _resnet50(weights: str | Path | None = None) -> SplitBackbone:
         ("fc", model.fc),
     ]
     taps = {"D1": 1, "D2": 3, "D3": 5, "D4": 6}
-    return SplitBackbone("resnet50", pieces, taps, "D2", IMAGENET_MEAN, IMAGENET_STD, pretrained)
+    return SplitBackbone("resnet50", pieces, taps, "D2", IMAGENET_MEAN, IMAGENET_STD, weights_file)
 
 
 def _repvgg_a2(weights: str | Path | None = None) -> SplitBackbone:
     model = timm.create_model("repvgg_a2", pretrained=False)
-    pretrained = _load_file_weights(
+    weights_file = _load_file_weights(
         model,
         "repvgg_a2",
         weights,
@@ -220,7 +221,7 @@ def _repvgg_a2(weights: str | Path | None = None) -> SplitBackbone:
         ("head", model.head),
     ]
     taps = {"D1": 1, "D2": 2, "D3": 3, "D4": 4}
-    return SplitBackbone("repvgg_a2", pieces, taps, "D1", IMAGENET_MEAN, IMAGENET_STD, pretrained)
+    return SplitBackbone("repvgg_a2", pieces, taps, "D1", IMAGENET_MEAN, IMAGENET_STD, weights_file)
 
 
 def _lite0_package_file() -> Path:
@@ -260,13 +261,13 @@ def _map_by_position(
 
 def _efficientnet_lite0(weights: str | Path | None = None) -> SplitBackbone:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    pretrained = weights != "random"
-    if pretrained:
-        path = Path(weights) if weights is not None else _lite0_package_file()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"no efficientnet_lite0 weights file at {path}")
-        state = _map_by_position(model, _read_state_dict(path), path)
-        _load_exact(model, state, path, "efficientnet_lite0")
+    weights_file = None
+    if weights != "random":
+        weights_file = Path(weights) if weights is not None else _lite0_package_file()
+        if not weights_file.is_file():
+            raise WeightsNotFoundError(f"no efficientnet_lite0 weights file at {weights_file}")
+        state = _map_by_position(model, _read_state_dict(weights_file), weights_file)
+        _load_exact(model, state, weights_file, "efficientnet_lite0")
     # Same modules in the order of timm's EfficientNet.forward_features + forward_head
     # (its dropout acts only in training, and a backbone is only ever run in eval mode).
     pieces = [
@@ -280,7 +281,7 @@ def _efficientnet_lite0(weights: str | Path | None = None) -> SplitBackbone:
     ]
     taps = {"stem": 2}
     return SplitBackbone(
-        "efficientnet_lite0", pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pretrained
+        "efficientnet_lite0", pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_file
     )
 
 

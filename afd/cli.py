@@ -37,6 +37,9 @@ def reports_errors(command):
 @reports_errors
 def classify(
     images: list[Path] = typer.Argument(..., help="Image files to classify."),
+    model: Optional[str] = typer.Option(
+        None, help="A registered model, e.g. models:/afd-efficientnet_lite0@champion (replaces the options below)."
+    ),
     backbone: str = typer.Option("efficientnet_lite0", help="resnet50, repvgg_a2 or efficientnet_lite0."),
     weights: Optional[str] = typer.Option(None, help="Backbone weights file (default: see README)."),
     enhancer: Optional[Path] = typer.Option(None, help="AFD / DDP checkpoint plugged in at the tap."),
@@ -48,17 +51,14 @@ def classify(
     """Print the top-k ImageNet classes of each image, one image at a time."""
     from timm.data import ImageNetInfo
 
-    from .backbones import build_backbone
-    from .checkpoint import load_enhancer
-    from .classifier import EnhancedClassifier
     from .images import classifier_input, load_image, to_tensor
 
-    module, meta = load_enhancer(enhancer) if enhancer else (None, {})
-    if meta.get("backbone", backbone) != backbone:
-        raise AFDError(f"{enhancer}: trained for backbone {meta['backbone']!r}, not {backbone!r}")
-    model = EnhancedClassifier(build_backbone(backbone, weights), module, tap or meta.get("tap")).eval()
-    if not model.backbone.pretrained:
-        typer.echo(f"warning: {backbone} has random weights; its classes mean nothing", err=True)
+    if model:
+        from .registry import load_registered
+
+        classifier = load_registered(model)
+    else:
+        classifier = _local_classifier(backbone, weights, enhancer, tap)
     names = ImageNetInfo()
     failures = 0
     for path in images:
@@ -69,7 +69,7 @@ def classify(
             failures += 1
             continue
         with torch.inference_mode():
-            probabilities = model(image.unsqueeze(0)).softmax(dim=1)[0]
+            probabilities = classifier(image.unsqueeze(0)).softmax(dim=1)[0]
         top = probabilities.topk(top_k)
         guesses = ", ".join(
             f"{i} {names.index_to_description(i)} ({p:.3f})" for p, i in zip(top.values.tolist(), top.indices.tolist())
@@ -77,6 +77,20 @@ def classify(
         typer.echo(f"{path}: {guesses}")
     if failures:
         raise typer.Exit(1)
+
+
+def _local_classifier(backbone: str, weights: str | None, enhancer: Path | None, tap: str | None):
+    from .backbones import build_backbone
+    from .checkpoint import load_enhancer
+    from .classifier import EnhancedClassifier
+
+    module, meta = load_enhancer(enhancer) if enhancer else (None, {})
+    if meta.get("backbone", backbone) != backbone:
+        raise AFDError(f"{enhancer}: trained for backbone {meta['backbone']!r}, not {backbone!r}")
+    classifier = EnhancedClassifier(build_backbone(backbone, weights), module, tap or meta.get("tap")).eval()
+    if not classifier.backbone.pretrained:
+        typer.echo(f"warning: {backbone} has random weights; its classes mean nothing", err=True)
+    return classifier
 
 
 @app.command()

@@ -7,12 +7,14 @@ so this stage need not wait for (or re-run after) training."""
 import argparse
 import platform
 
+import mlflow
 import torch
 from layout import METRICS, backbone_from_params
 from params import load_params, stage_main
 
 from afd.benchmark import compare_efficiency, efficiency_ratios
 from afd.io import write_json
+from afd.tracking import git_commit, tracked_run
 
 
 @stage_main
@@ -24,7 +26,7 @@ def main() -> None:
     settings = params["efficiency"]
     results = {}
     for name in params["train"]["backbones"]:
-        _, tap, _ = backbone_from_params(params, name)
+        _, tap = backbone_from_params(params, name)
         weights = params["backbones"][name].get("weights")
         rows = compare_efficiency(
             name, tap, weights, threads=settings["threads"], warmup=settings["warmup"],
@@ -38,6 +40,12 @@ def main() -> None:
             "ratios": efficiency_ratios(rows),
         }
     write_json(METRICS / "efficiency.json", results)
+    with tracked_run("efficiency", settings, {"stage": "efficiency", "git_commit": git_commit()}):
+        for name, measured in results.items():
+            mlflow.log_metrics({f"{name}.{key}": value for key, value in measured["ratios"].items()})
+            for row in measured["rows"]:
+                mlflow.log_metrics({f"{name}.{row['role']}.{key}": row[key]
+                                    for key in ("params", "macs", "median_ms", "p90_ms")})
 
 
 if __name__ == "__main__":

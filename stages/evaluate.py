@@ -4,6 +4,7 @@ clean, JPEG, multi-compression and AVIF sets (params: eval_sets, train.methods, 
 import argparse
 import json
 
+import mlflow
 from layout import METRICS, backbone_from_params, deployable_model, eval_sets
 from params import load_params, stage_main
 from torch.utils.data import DataLoader
@@ -14,6 +15,7 @@ from afd.data import PairedImages, labels
 from afd.evaluate import Batch, evaluate_grid, family_averages
 from afd.io import write_json
 from afd.methods import DIRECT_TEST, Method
+from afd.tracking import flatten, lineage_tags, tracked_run
 
 
 def batches(clean_dir, set_dir, batch_size, image_labels):
@@ -53,12 +55,13 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)
-    backbone, tap, weights = backbone_from_params(params, args.backbone)
+    backbone, tap = backbone_from_params(params, args.backbone)
     direct = EnhancedClassifier(backbone, None, tap)
-    methods = {DIRECT_TEST: direct}
+    methods, model_files = {DIRECT_TEST: direct}, []
     for name in params["train"]["methods"]:
         method = Method.from_params(name, params["methods"])
-        module, _ = load_enhancer(deployable_model(args.backbone, method))
+        model_files.append(deployable_model(args.backbone, method))
+        module, _ = load_enhancer(model_files[-1])
         methods[name] = method.classifier(backbone, module, tap)
 
     sets = eval_sets(params)
@@ -67,16 +70,20 @@ def main() -> None:
     grid = evaluate_grid(direct, methods, {
         name: LazySet(sets["clean"], directory, batch_size, image_labels) for name, directory in sets.items()
     })
-    write_json(METRICS / "eval" / f"{args.backbone}.json", {
+    result = {
         "backbone": args.backbone,
         "tap": tap,
-        "weights": weights,
+        "weights": str(backbone.weights_file or "random"),
         "pretrained": backbone.pretrained,
         "data": describe_data(sets["clean"]),
         "methods": list(methods),
         "grid": grid,
         "averages": family_averages(grid),
-    })
+    }
+    write_json(METRICS / "eval" / f"{args.backbone}.json", result)
+    tags = {**lineage_tags(args.backbone, backbone.weights_file, [*sets.values(), *model_files]), "stage": "evaluate"}
+    with tracked_run(f"evaluate@{args.backbone}", {"eval_sets": params["eval_sets"], "methods": list(methods)}, tags):
+        mlflow.log_metrics(flatten({"grid": grid, "averages": result["averages"]}))
     print(f"{args.backbone}: {len(methods)} methods x {len(sets)} sets evaluated")
 
 

@@ -3,6 +3,7 @@
 
 import argparse
 
+import mlflow
 import torch
 from layout import METRICS, backbone_from_params, eval_sets, fused_model, trained_model
 from params import load_params, stage_main
@@ -15,6 +16,7 @@ from afd.fusing import fuse_and_verify
 from afd.images import load_image, to_batch
 from afd.io import write_json
 from afd.methods import Method
+from afd.tracking import lineage_tags, tracked_run
 
 VERIFY_IMAGES = 8
 
@@ -31,7 +33,7 @@ def main() -> None:
         raise ConfigError(f"params.yaml: fuse.methods lists {args.method!r}, which has no RepConv to fuse")
     source = trained_model(args.backbone, args.method)
     module, meta = load_enhancer(source)
-    backbone, _, _ = backbone_from_params(params, args.backbone)
+    backbone, _ = backbone_from_params(params, args.backbone)
 
     # Real compressed evaluation images: the features the module really works on.
     sets, verify_set = eval_sets(params), params["fuse"]["verify_set"]
@@ -44,12 +46,17 @@ def main() -> None:
     fused, max_abs_diff = fuse_and_verify(module, feature, images, source=source)
 
     save_enhancer(fused, fused_model(args.backbone, args.method), {**meta, "fuse_max_abs_diff": max_abs_diff})
-    write_json(METRICS / "fuse" / args.backbone / f"{args.method}.json", {
+    summary = {
         "max_abs_diff": max_abs_diff,
         "verified_on_images": len(files),
         "params_trained": count_parameters(module),
         "params_fused": count_parameters(fused),
-    })
+    }
+    write_json(METRICS / "fuse" / args.backbone / f"{args.method}.json", summary)
+    tags = {**lineage_tags(args.backbone, backbone.weights_file, [source, sets[verify_set]]),
+            "stage": "fuse", "method": args.method}
+    with tracked_run(f"fuse@{args.backbone}-{args.method}", {"verify_set": verify_set}, tags):
+        mlflow.log_metrics(summary)
     print(f"{args.backbone}/{args.method}: fused, max |fused - trained| = {max_abs_diff:.2e} on {len(files)} images")
 
 

@@ -49,8 +49,8 @@ def deployable_model(backbone: str, method) -> Path:
     return fused_model(backbone, method.name) if method.fusable else trained_model(backbone, method.name)
 
 
-def backbone_from_params(params: dict, name: str) -> tuple[SplitBackbone, str, str]:
-    """(backbone, tap, weights description) for `backbones.<name>` of params.yaml."""
+def backbone_from_params(params: dict, name: str) -> tuple[SplitBackbone, str]:
+    """(backbone, tap) for `backbones.<name>` of params.yaml."""
     settings = params.get("backbones", {})
     if name not in settings:
         raise ConfigError(f"params.yaml: backbones.{name} is not configured; configured: {sorted(settings)}")
@@ -58,4 +58,4 @@ def backbone_from_params(params: dict, name: str) -> tuple[SplitBackbone, str, s
     backbone = build_backbone(name, weights)
     tap = settings[name].get("tap") or backbone.default_tap
     backbone.tap_channels(tap)  # an unknown tap fails here, naming the valid ones
-    return backbone, tap, str(weights) if weights else "default"
+    return backbone, tap

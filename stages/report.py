@@ -5,10 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
+import mlflow
 from layout import METRICS
 from params import load_params, stage_main
 
 from afd.report import write_report
+from afd.tracking import git_commit, tracked_run
 
 
 @stage_main
@@ -22,6 +24,8 @@ def main() -> None:
     efficiency = json.loads((METRICS / "efficiency.json").read_text())
     out = Path(args.out)
     write_report(results, efficiency, out, out.parent / "figures")
+    with tracked_run("report", tags={"stage": "report", "git_commit": git_commit()}):
+        mlflow.log_artifacts(str(out.parent), artifact_path="report")
     print(f"{out}: written")
 
 

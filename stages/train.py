@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import io
 
+import mlflow
 import torch
 from layout import CHECKPOINTS, METRICS, PLOTS, backbone_from_params, patch_sets, trained_model
 from params import load_params, stage_main, training_profile
@@ -17,6 +18,7 @@ from afd.checkpoint import save_enhancer
 from afd.data import load_set
 from afd.io import atomic_write_text, write_json
 from afd.methods import Method
+from afd.tracking import lineage_tags, tracked_run
 from afd.train import PatchPairs, TrainConfig, train
 
 
@@ -30,7 +32,7 @@ def main() -> None:
     params = load_params(args.params)
     method = Method.from_params(args.method, params["methods"])
     config = TrainConfig.from_profile(training_profile(params), params["seed"])
-    backbone, tap, weights = backbone_from_params(params, args.backbone)
+    backbone, tap = backbone_from_params(params, args.backbone)
     if not backbone.pretrained:
         print(f"warning: {args.backbone} has random weights; its results mean nothing")
 
@@ -44,21 +46,32 @@ def main() -> None:
     torch.manual_seed(params["seed"])
     module = method.build(backbone, tap)
     classifier = method.classifier(backbone, module, tap)
-    identity = {"name": f"{args.backbone}/{args.method}", "method": dataclasses.asdict(method), "tap": tap, "weights": weights}
-    result = train(classifier, module, method.loss, data, config,
-                   CHECKPOINTS / args.backbone / args.method / "state.pt", identity)
+    identity = {"name": f"{args.backbone}/{args.method}", "method": dataclasses.asdict(method), "tap": tap,
+                "weights": str(backbone.weights_file)}
+    tags = {**lineage_tags(args.backbone, backbone.weights_file, [clean_dir, *degraded_dirs.values()]),
+            "stage": "train", "method": args.method}
+    run_params = {"method": params["methods"][args.method], "profile": params["profile"],
+                  "training": dataclasses.asdict(config), "mix_clean": params["train"]["mix_clean"], "tap": tap}
+    with tracked_run(f"train@{args.backbone}-{args.method}", run_params, tags):
+        result = train(classifier, module, method.loss, data, config,
+                       CHECKPOINTS / args.backbone / args.method / "state.pt", identity,
+                       on_log=lambda step, loss: mlflow.log_metric("loss", loss, step=step))
 
-    meta = {"backbone": args.backbone, "tap": tap, "method": args.method, "iterations": config.iterations}
-    save_enhancer(module.eval(), trained_model(args.backbone, args.method), meta)
-    curve = io.StringIO()
-    csv.writer(curve).writerows([("step", "loss"), *result.losses])
-    atomic_write_text(PLOTS / "train" / args.backbone / f"{args.method}.csv", curve.getvalue())
-    # Batches mix qualities, so one logging window is noisy: compare the first and last tenths.
-    tenth = max(1, len(result.losses) // 10)
-    first = sum(loss for _, loss in result.losses[:tenth]) / tenth
-    final = sum(loss for _, loss in result.losses[-tenth:]) / tenth
-    write_json(METRICS / "train" / args.backbone / f"{args.method}.json",
-               {"first_loss": first, "final_loss": final, "iterations": config.iterations})
+        meta = {"backbone": args.backbone, "tap": tap, "method": args.method, "iterations": config.iterations}
+        save_enhancer(module.eval(), trained_model(args.backbone, args.method), meta)
+        curve_path = PLOTS / "train" / args.backbone / f"{args.method}.csv"
+        curve = io.StringIO()
+        csv.writer(curve).writerows([("step", "loss"), *result.losses])
+        atomic_write_text(curve_path, curve.getvalue())
+        # Batches mix qualities, so one logging window is noisy: compare the first and last tenths.
+        tenth = max(1, len(result.losses) // 10)
+        summary = {"first_loss": sum(loss for _, loss in result.losses[:tenth]) / tenth,
+                   "final_loss": sum(loss for _, loss in result.losses[-tenth:]) / tenth,
+                   "iterations": config.iterations}
+        write_json(METRICS / "train" / args.backbone / f"{args.method}.json", summary)
+        mlflow.log_metrics(summary)
+        mlflow.log_artifact(str(curve_path))
+    first, final = summary["first_loss"], summary["final_loss"]
     print(f"{args.backbone}/{args.method}: loss {first:.4g} -> {final:.4g} (first and last tenth) "
           f"in {result.seconds:.0f} s (resumed from step {result.resumed_from})")
 

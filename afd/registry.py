@@ -1,0 +1,128 @@
+"""The MLflow model registry: the deployable classifier (backbone + fused AFD, image in, logits
+out) registered as `afd-<backbone>`, and the promotion gate that moves the `champion` alias.
+
+A new version gets its metrics and lineage as tags first; only then is an alias moved, and the
+alias move is the last step, so a registration that fails or is interrupted part-way leaves the
+current champion where it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+SCORE_TAG = "gate.score"
+
+
+def registered_name(backbone: str) -> str:
+    return f"afd-{backbone}"
+
+
+def load_registered(uri: str) -> nn.Module:
+    """The classifier at a model URI such as models:/afd-efficientnet_lite0@champion, from the
+    tracking server in $MLFLOW_TRACKING_URI (default: the local mlflow.db). MLflow stores it as a
+    `torch.export` program (no pickled code runs on load), already in inference form."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .errors import AFDError
+    from .tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return mlflow.pytorch.load_model(uri, map_location="cpu")
+    except (MlflowException, OSError) as error:
+        raise AFDError(f"{uri}: cannot load it from {tracking_uri()} ({str(error).splitlines()[0][:300]})") from None
+
+
+@dataclass(frozen=True)
+class GateScores:
+    """What the gate compares, from the evaluation grid (headline metric: top-1 or agreement)."""
+
+    candidate: float  # the new model, averaged over the compressed sets' families
+    direct: float  # DirectTest, averaged the same way
+    candidate_lightest: float  # at the lightest JPEG compression (highest QF)
+    direct_lightest: float
+
+    @classmethod
+    def from_evaluation(cls, result: dict, method: str = "afd", metric: str | None = None) -> "GateScores":
+        metric = metric or ("top1" if result["data"].get("labelled") else "agreement")
+        lightest = max((s for s in result["grid"]["direct"] if s.startswith("jpeg_q")), key=lambda s: int(s[6:]))
+
+        def average(name: str) -> float:
+            families = result["averages"][name].values()
+            return sum(f[metric] for f in families) / len(families)
+
+        return cls(average(method), average("direct"),
+                   result["grid"][method][lightest][metric], result["grid"]["direct"][lightest][metric])
+
+
+def gate(scores: GateScores, champion_score: float | None) -> tuple[str, str]:
+    """(alias, reason): champion only if the candidate beats DirectTest on average, is not worse
+    than DirectTest at the lightest QF, and is not worse than the current champion."""
+    if scores.candidate <= scores.direct:
+        return CHALLENGER, f"average {scores.candidate:.4f} does not beat DirectTest's {scores.direct:.4f}"
+    if scores.candidate_lightest < scores.direct_lightest:
+        return CHALLENGER, (f"at the lightest QF {scores.candidate_lightest:.4f} is below DirectTest's "
+                            f"{scores.direct_lightest:.4f}")
+    if champion_score is not None and scores.candidate < champion_score:
+        return CHALLENGER, f"average {scores.candidate:.4f} is below the champion's {champion_score:.4f}"
+    return CHAMPION, f"average {scores.candidate:.4f} beats DirectTest's {scores.direct:.4f}"
+
+
+def champion_score(client, name: str) -> float | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no such model or no champion yet
+        return None
+    return float(version.tags[SCORE_TAG]) if SCORE_TAG in version.tags else None
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    alias: str
+    reason: str
+    run_id: str
+
+
+def register_classifier(
+    model: nn.Module,
+    backbone: str,
+    example: torch.Tensor,
+    scores: GateScores,
+    tags: dict[str, str],
+    attachments: dict[str, Path] | None = None,
+) -> Registration:
+    """Log `model` (pytorch flavour, pyfunc-loadable) with signature and input example, register
+    it as afd-<backbone>, tag the version, then apply the gate. Call inside an active MLflow run.
+    `example` needs a batch of 2 or more, so the stored program keeps a dynamic batch dimension."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    name = registered_name(backbone)
+    model = model.eval()
+    with torch.no_grad():
+        logits = model(example)
+    info = mlflow.pytorch.log_model(
+        model, name="model", signature=infer_signature(example.numpy(), logits.numpy()),
+        input_example=example.numpy(), registered_model_name=name,
+    )
+    for folder, path in (attachments or {}).items():
+        mlflow.log_artifact(str(path), artifact_path=folder)
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in {**tags, SCORE_TAG: f"{scores.candidate:.6f}",
+                       "gate.direct_score": f"{scores.direct:.6f}"}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    alias, reason = gate(scores, champion_score(client, name))
+    client.set_model_version_tag(name, version, "gate.decision", f"{alias}: {reason}")
+    client.set_registered_model_alias(name, alias, version)  # last: nothing before it touches the champion
+    return Registration(name, version, alias, reason, mlflow.active_run().info.run_id)

