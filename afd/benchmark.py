@@ -86,16 +86,16 @@ def efficiency_ratios(rows: list[Row]) -> dict[str, float]:
     }
 
 
-def format_table(rows: list[Row]) -> str:
-    """Markdown table: params (M), MACs (G), CPU latency median and p90 (ms)."""
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of `Row.to_dict()` rows (as stored in metrics/efficiency.json): params (M),
+    MACs (G), CPU latency median and p90 (ms)."""
     lines = [
         "| method | params (M) | MACs (G) | CPU median (ms) | CPU p90 (ms) |",
         "|---|---:|---:|---:|---:|",
     ]
     for row in rows:
-        e = row.efficiency
         lines.append(
-            f"| {row.name} | {e.params / 1e6:.3f} | {e.macs / 1e9:.3f} | "
-            f"{e.latency.median_ms:.2f} | {e.latency.p90_ms:.2f} |"
+            f"| {row['name']} | {row['params'] / 1e6:.3f} | {row['macs'] / 1e9:.3f} | "
+            f"{row['median_ms']:.2f} | {row['p90_ms']:.2f} |"
         )
     return "\n".join(lines)

@@ -149,7 +149,7 @@ def efficiency(
         backbone, tap, weights, afd, image_size, threads, repeats=repeats,
         progress=lambda names: typer.echo(f"timing {names} ...", err=True),
     )
-    typer.echo(format_table(rows))
+    typer.echo(format_table([row.to_dict() for row in rows]))
     for key, value in efficiency_ratios(rows).items():
         typer.echo(f"{key}: {value:.3f}")
 

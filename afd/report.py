@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .benchmark import format_table  # noqa: E402
 from .evaluate import set_family, set_level  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
@@ -88,16 +89,6 @@ def clean_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def efficiency_table(rows: list[dict]) -> str:
-    lines = ["| method | params (M) | MACs (G) | CPU median (ms) | CPU p90 (ms) |", "|---|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(
-            f"| {row['name']} | {row['params'] / 1e6:.3f} | {row['macs'] / 1e9:.3f} | "
-            f"{row['median_ms']:.2f} | {row['p90_ms']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def plot_family(result: dict, family: str, metric: str, path: Path) -> None:
     """One line per method: `metric` against the family's level."""
     sets = family_sets(result, family)
@@ -139,10 +130,9 @@ def backbone_section(result: dict, figures_dir: Path, figures_link: str) -> str:
         plot_family(result, family, metric, figures_dir / figure)
         parts += [f"### {title}, {METRIC_TITLES[metric]}", family_table(result, family, metric),
                   f"![{title}]({figures_link}/{figure})"]
-    for family in ("jpeg",):
-        for secondary in ("kl", "feature_mse"):
-            parts += [f"### {FAMILY_TITLES[family][1]}, {METRIC_TITLES[secondary]}",
-                      family_table(result, family, secondary)]
+    for secondary in ("kl", "feature_mse"):
+        parts += [f"### {FAMILY_TITLES['jpeg'][1]}, {METRIC_TITLES[secondary]}",
+                  family_table(result, "jpeg", secondary)]
     ablation_ii = [m for m in ("direct", "fe_net", "afd_image_blocks", "afd") if m in result["methods"]]
     ablation_iii = [m for m in ("direct", "afd_shuffled_dct", "afd") if m in result["methods"]]
     if len(ablation_ii) > 2:
@@ -168,7 +158,7 @@ def write_report(results: list[dict], efficiency: dict, path: Path, figures_dir:
         parts += [
             f"## Table VII: efficiency at the {backbone} tap",
             f"{measured['setup']}",
-            efficiency_table(measured["rows"]),
+            format_table(measured["rows"]),
             "Ratios from the same run: " + ", ".join(f"{k} = {v:.3f}" for k, v in measured["ratios"].items()) + ".",
         ]
     with atomic_path(path) as tmp:

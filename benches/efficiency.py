@@ -34,7 +34,7 @@ def main() -> None:
         )
         layout = "NCHW" if args.channels_first else "channels-last"
         print(f"\n## {name} at its default tap, 224x224, {layout}, {args.threads} thread(s), {args.repeats} repeats\n")
-        print(format_table(rows))
+        print(format_table([row.to_dict() for row in rows]))
         print()
         for key, value in efficiency_ratios(rows).items():
             op, bound, meaning = TARGETS.get(key, (None, None, ""))

@@ -41,5 +41,5 @@ def test_efficiency_comparison_has_every_method_and_consistent_ratios():
     ratios = efficiency_ratios(rows)
     expected = by_role["afd_unfused"].latency.median_ms / by_role["afd_fused"].latency.median_ms
     assert ratios["fusing_speedup"] == pytest.approx(expected)
-    table = format_table(rows)
+    table = format_table([row.to_dict() for row in rows])
     assert table.count("\n") == len(rows) + 1 and "AFD (fused)" in table
