@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install repro test bench up down clean
+.PHONY: install repro test bench up down retrain clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,17 @@ repro: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-# Local S3 (SeaweedFS) + MLflow tracking server on loopback; prints their URLs.
+# The local stack on loopback: S3 (SeaweedFS), MLflow, the Prefect server (UI :4200), the work
+# pools with prefect.yaml's deployments, a training worker and a device worker; prints the URLs.
 up: $(INSTALLED)
 	$(BIN)/python -m services.stack up
 
 down: $(INSTALLED)
 	$(BIN)/python -m services.stack down
+
+# Start the retraining deployment now instead of waiting for its schedule (needs `make up`).
+retrain: $(INSTALLED)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/prefect deployment run afd-retrain/weekly
 
 bench: $(INSTALLED)
 	$(BIN)/python benches/efficiency.py

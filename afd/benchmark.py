@@ -99,3 +99,59 @@ def format_table(rows: list[dict]) -> str:
             f"{row['median_ms']:.2f} | {row['p90_ms']:.2f} |"
         )
     return "\n".join(lines)
+
+
+# On the device: whole classifiers (image in, logits out) lowered to ExecuTorch and timed there.
+DEVICE_ROLES = {
+    "direct": "backbone alone (DirectTest)",
+    "afd": "backbone + AFD (fused)",
+    "afd_unfused": "backbone + AFD (multi-branch)",
+    "arcnn": "ARCNN + backbone (JAR)",
+}
+
+
+def benchmark_executorch(
+    programs: dict[str, torch.export.ExportedProgram],
+    example: torch.Tensor,
+    workdir,
+    threads: int = 1,
+    warmup: int = 3,
+    repeats: int = 20,
+    progress=None,
+) -> list[dict]:
+    """Lower each classifier (by role, see DEVICE_ROLES) to an XNNPACK `.pte` in `workdir` and time
+    it on this machine with ExecuTorch, interleaved, at a fixed thread count. One row per role:
+    params, MACs, .pte size, median and p90 latency."""
+    from pathlib import Path
+
+    from .efficiency import count_macs, count_parameters, measure_call_latencies
+    from .export import executorch_threads, export_executorch, load_executorch
+
+    workdir = Path(workdir)
+    methods, rows = {}, {}
+    for role, program in programs.items():
+        if progress is not None:
+            progress(f"lowering {role} to ExecuTorch (XNNPACK)")
+        pte = export_executorch(program, example, workdir / f"{role}.pte")
+        module = program.module()
+        rows[role] = {"role": role, "name": DEVICE_ROLES.get(role, role), "params": count_parameters(module),
+                      "macs": count_macs(module, (example,)), "pte_mb": pte.stat().st_size / 1e6}
+        methods[role] = load_executorch(pte)
+    inputs = [example.contiguous()]
+    with executorch_threads(threads):
+        latencies = measure_call_latencies([lambda m=m: m.execute(inputs) for m in methods.values()],
+                                           threads, warmup, repeats)
+    return [{**rows[role], **latency.to_dict()} for role, latency in zip(methods, latencies)]
+
+
+def device_ratios(rows: list[dict]) -> dict[str, float]:
+    """The on-device ratios, from one run's rows (whichever roles are there)."""
+    ms = {row["role"]: row["median_ms"] for row in rows}
+    ratios = {}
+    if "afd" in ms and "afd_unfused" in ms:
+        ratios["fusing_speedup"] = ms["afd_unfused"] / ms["afd"]
+    if "afd" in ms and "direct" in ms:
+        ratios["afd_overhead"] = ms["afd"] / ms["direct"] - 1.0
+    if "afd" in ms and "arcnn" in ms:
+        ratios["arcnn_over_afd"] = ms["arcnn"] / ms["afd"]
+    return ratios

@@ -6,10 +6,11 @@ paper's "FLOPs" column is MACs (ResNet-50 at 224: 4.12 G), so we report MACs.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +49,29 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def measure_call_latencies(
+    calls: Sequence[Callable[[], object]], threads: int = 1, warmup: int = 3, repeats: int = 10
+) -> list[Latency]:
+    """Wall time of each call (any runtime: PyTorch, ExecuTorch, ...): torch's thread count fixed,
+    warm-up calls, then median and p90. The repeats are interleaved across the calls, so a slow
+    spell of the machine hits every call alike and the ratios between them stay fair."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times: list[list[float]] = [[] for _ in calls]
+    try:
+        for call in calls:
+            for _ in range(warmup):
+                call()
+        for _ in range(repeats):
+            for call, samples in zip(calls, times):
+                start = time.perf_counter()
+                call()
+                samples.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return [Latency(statistics.median(t), _percentile(t, 0.9), repeats, threads) for t in times]
+
+
 @torch.inference_mode()
 def measure_latencies(
     candidates: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]],
@@ -55,25 +79,10 @@ def measure_latencies(
     warmup: int = 3,
     repeats: int = 10,
 ) -> list[Latency]:
-    """CPU wall time of one forward pass of each (model, inputs): fixed thread count, warm-up runs,
-    then median and p90. The repeats are interleaved across the models, so a slow spell of the
-    machine hits every model alike and the ratios between them stay fair."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    times: list[list[float]] = [[] for _ in candidates]
-    try:
-        for model, inputs in candidates:
-            model.eval()
-            for _ in range(warmup):
-                model(*inputs)
-        for _ in range(repeats):
-            for (model, inputs), samples in zip(candidates, times):
-                start = time.perf_counter()
-                model(*inputs)
-                samples.append((time.perf_counter() - start) * 1000.0)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return [Latency(statistics.median(t), _percentile(t, 0.9), repeats, threads) for t in times]
+    """CPU latency of one forward pass of each (model, inputs), in eval mode (see
+    `measure_call_latencies`)."""
+    calls = [functools.partial(model.eval(), *inputs) for model, inputs in candidates]
+    return measure_call_latencies(calls, threads, warmup, repeats)
 
 
 def measure_latency(

@@ -7,8 +7,10 @@ Both go through `torch.export`: TorchScript is deprecated in this torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,23 +22,65 @@ from .io import atomic_path
 EXPORT_TOLERANCE = 1e-4
 
 
-def export_executorch(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Lower `model` (eval mode) to an ExecuTorch program with the XNNPACK delegate."""
+def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`torch.export` of `model` in eval mode (an already exported module is exported as it is)."""
+    if isinstance(model, torch.fx.GraphModule):  # e.g. ExportedProgram.module(): no .eval() on those
+        return torch.export.export(model, (example,))
+    return torch.export.export(model.eval(), (example,))
+
+
+def save_program(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
+    """The exported program as a self-contained `.pt2` file: weights and graph, no Python code,
+    so any machine with torch can run or lower it (see `load_program`)."""
+    program = export_program(model, example)
+    with atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp))
+    return Path(path)
+
+
+def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.load(str(path))
+    except (OSError, RuntimeError, ValueError) as error:
+        raise AFDError(f"{path}: not a readable torch.export program ({str(error).splitlines()[0][:200]})") from None
+
+
+def export_executorch(
+    model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor, path: str | os.PathLike
+) -> Path:
+    """Lower `model` (or an exported program) to an ExecuTorch program with the XNNPACK delegate."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    exported = torch.export.export(model.eval(), (example,))
+    exported = model if isinstance(model, torch.export.ExportedProgram) else export_program(model, example)
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     with atomic_path(path) as tmp:
         tmp.write_bytes(program.buffer)
     return Path(path)
 
 
-def run_executorch(path: str | os.PathLike, images: torch.Tensor) -> torch.Tensor:
+def load_executorch(path: str | os.PathLike):
+    """The `forward` method of a `.pte` file, ready to `execute([images])`."""
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(Path(path)).load_method("forward")
-    return method.execute([images.contiguous()])[0]
+    return Runtime.get().load_program(Path(path)).load_method("forward")
+
+
+def run_executorch(path: str | os.PathLike, images: torch.Tensor) -> torch.Tensor:
+    return load_executorch(path).execute([images.contiguous()])[0]
+
+
+@contextlib.contextmanager
+def executorch_threads(threads: int) -> Iterator[None]:
+    """XNNPACK's thread pool in ExecuTorch at `threads` (torch.set_num_threads does not reach it)."""
+    from executorch.extension.pybindings import portable_lib
+
+    previous = portable_lib._threadpool_get_thread_count()
+    portable_lib._unsafe_reset_threadpool(threads)
+    try:
+        yield
+    finally:
+        portable_lib._unsafe_reset_threadpool(previous)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:

@@ -115,8 +115,11 @@ def register_classifier(
         model, name="model", signature=infer_signature(example.numpy(), logits.numpy()),
         input_example=example.numpy(), registered_model_name=name,
     )
-    for folder, path in (attachments or {}).items():
-        mlflow.log_artifact(str(path), artifact_path=folder)
+    for folder, path in (attachments or {}).items():  # a file, or a folder's files, under `folder`
+        if Path(path).is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=folder)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=folder)
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
     for key, value in {**tags, SCORE_TAG: f"{scores.candidate:.6f}",

@@ -89,6 +89,19 @@ def clean_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def grid_summary(result: dict) -> str:
+    """The evaluation grid of one backbone in Markdown: a table per compression family in the
+    headline metric, then the clean images (a Prefect run artifact)."""
+    metric = headline_metric(result)
+    parts = [f"**{result['backbone']}** at tap `{result['tap']}`: {METRIC_TITLES[metric]} on "
+             f"{result['data']['description']}."]
+    for family, (_, title) in FAMILY_TITLES.items():
+        if family_sets(result, family):
+            parts += [f"### {title}", family_table(result, family, metric)]
+    parts += ["### Table X: clean images", clean_table(result)]
+    return "\n\n".join(parts)
+
+
 def plot_family(result: dict, family: str, metric: str, path: Path) -> None:
     """One line per method: `metric` against the family's level."""
     sets = family_sets(result, family)

@@ -1,8 +1,12 @@
-"""One command for the local services: `python -m services.stack up | down | status`.
+"""One command for the local stack: `python -m services.stack up | down | status`.
 
-`up` starts SeaweedFS (S3) and the MLflow tracking server (SQLite store, artifacts in S3) on
-loopback, configures the DVC remote's endpoint and credentials in `.dvc/config.local` (never
-committed), and prints the URLs and the environment a shell needs. State lives in `.stack/`.
+`up` starts, on loopback:
+- SeaweedFS (S3) and the MLflow tracking server (SQLite store, artifacts in S3), and configures the
+  DVC remote's endpoint and credentials in `.dvc/config.local` (never committed);
+- the Prefect server (UI and API on port 4200), the `afd-training` and `edge-devices` process work
+  pools with prefect.yaml's deployments, a training worker (in this checkout) and a device worker
+  (in .stack/device, as a device without a checkout would run it).
+It prints the URLs and the environment a shell needs. State and logs live in `.stack/`.
 Credentials: $AFD_S3_ACCESS_KEY / $AFD_S3_SECRET_KEY, else generated once into .stack/ (mode 600).
 """
 
@@ -18,13 +22,14 @@ import sys
 from pathlib import Path
 
 from .mlflow_server import start_mlflow
+from .prefect_server import DEVICE_POOL, TRAINING_POOL, deploy_project, start_prefect, start_worker
 from .s3 import start_s3
 
 STATE_DIR = Path(".stack")
 STATE_FILE = STATE_DIR / "state.json"
 BUCKET = "afd"
 DVC_REMOTE = "storage"
-S3_PORT, MLFLOW_PORT = 8333, 5000
+S3_PORT, MLFLOW_PORT, PREFECT_PORT = 8333, 5000, 4200
 
 
 def credentials() -> tuple[str, str]:
@@ -55,28 +60,47 @@ def up() -> None:
     if STATE_FILE.exists():
         sys.exit(f"already up (see {STATE_FILE}); run `python -m services.stack down` first")
     key, secret = credentials()
-    s3 = start_s3(STATE_DIR / "seaweedfs", key, secret, BUCKET, port=S3_PORT)
+    started = []
     try:
+        s3 = start_s3(STATE_DIR / "seaweedfs", key, secret, BUCKET, port=S3_PORT)
+        started.append(s3)
         mlflow = start_mlflow(STATE_DIR / "mlflow", s3, port=MLFLOW_PORT)
+        started.append(mlflow)
+        configure_dvc_remote(s3.endpoint, key, secret)
+        prefect = start_prefect(STATE_DIR / "prefect", port=PREFECT_PORT)
+        started.append(prefect)
+        shared = {**prefect.client_env(), "MLFLOW_TRACKING_URI": mlflow.url}
+        deploy_project(Path.cwd(), {**os.environ, **shared})
+        # The training worker reads and writes data (DVC, s3:// sources): it gets the S3 keys.
+        # The device worker talks to Prefect and MLflow only, from a folder without the checkout.
+        training_env = {**shared, **s3.client_env(), "PREFECT_HOME": str((STATE_DIR / "prefect-home").resolve())}
+        started.append(start_worker(TRAINING_POOL, training_env, STATE_DIR / "logs", cwd=Path.cwd()))
+        device_dir = STATE_DIR / "device"
+        device_dir.mkdir(parents=True, exist_ok=True)
+        started.append(start_worker(DEVICE_POOL, shared, STATE_DIR / "logs", cwd=device_dir))
     except Exception:
-        s3.stop()
+        for service in reversed(started):
+            service.stop()
         raise
-    configure_dvc_remote(s3.endpoint, key, secret)
-    STATE_FILE.write_text(json.dumps({"pids": [s3.process.pid, mlflow.process.pid],
-                                      "s3": s3.endpoint, "mlflow": mlflow.url}))
+    STATE_FILE.write_text(json.dumps({"pids": [service.process.pid for service in started],
+                                      "s3": s3.endpoint, "mlflow": mlflow.url, "prefect": prefect.url}))
     print(f"S3 (SeaweedFS):  {s3.endpoint}   bucket {BUCKET}, DVC remote '{DVC_REMOTE}' -> s3://{BUCKET}/dvc")
     print(f"MLflow UI:       {mlflow.url}")
+    print(f"Prefect UI:      {prefect.url}   pools {TRAINING_POOL} (1 worker), {DEVICE_POOL} (1 worker); "
+          f"logs in {STATE_DIR / 'logs'}")
     print("For this shell:")
-    print(f"  export MLFLOW_TRACKING_URI={mlflow.url}")
+    print(f"  export MLFLOW_TRACKING_URI={mlflow.url} PREFECT_API_URL={prefect.api_url}")
     print(f"  export AWS_ENDPOINT_URL={s3.endpoint}   # plus AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
           f"from {STATE_DIR / 'credentials.json'} to read s3:// data")
+    print("Retrain now (else it runs on the schedule in prefect.yaml):")
+    print("  .venv/bin/prefect deployment run afd-retrain/weekly")
 
 
 def down() -> None:
     if not STATE_FILE.exists():
         print("not running")
         return
-    for pid in json.loads(STATE_FILE.read_text())["pids"]:
+    for pid in reversed(json.loads(STATE_FILE.read_text())["pids"]):  # workers first, storage last
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:

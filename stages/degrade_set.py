@@ -2,21 +2,19 @@
 (params: seed, eval_sets.jpeg_qualities for multi; with the flags also eval_sets.resave_q85 and
 sources.imagenet_c_dir, for the evaluation JPEG sets only)."""
 
-import argparse
-
-from params import load_params, stage_main
-
 from afd.data import DEGRADED_KINDS, copy_imagenet_c, make_degraded_set
+from afd.params import load_params
+
+from stage import stage_arguments, stage_main
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = stage_arguments(__doc__)
     parser.add_argument("--kind", required=True, choices=DEGRADED_KINDS)
     parser.add_argument("--level", required=True, type=int, help="quality, or CT for multi")
     parser.add_argument("--clean", required=True, help="the clean set's folder")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument(
         "--imagenet-c", action="store_true",
         help="jpeg: copy the released ImageNet-C files when sources.imagenet_c_dir is set",

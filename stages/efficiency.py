@@ -4,24 +4,23 @@ backbone, AFD unfused and fused, DDP and ARCNN, measured in one run (params: eff
 The modules are built fresh: size and speed depend on the architecture, not on trained weights,
 so this stage need not wait for (or re-run after) training."""
 
-import argparse
 import platform
 
 import mlflow
 import torch
-from layout import METRICS, backbone_from_params
-from params import load_params, stage_main
 
 from afd.benchmark import compare_efficiency, efficiency_ratios
 from afd.io import write_json
+from afd.layout import METRICS, backbone_from_params
+from afd.params import load_params
 from afd.tracking import git_commit, tracked_run
+
+from stage import stage_arguments, stage_main
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
+    args = stage_arguments(__doc__).parse_args()
     params = load_params(args.params)
     settings = params["efficiency"]
     results = {}

@@ -1,18 +1,16 @@
 """Clean evaluation images: ImageNet-C preprocessing of the eval folder, or several grid views of
 each embedded eval photo (params: sources)."""
 
-import argparse
-
-from layout import EVAL
-from params import load_params, stage_main
-
 from afd.data import embedded_split, image_folder, make_eval_clean
+from afd.layout import EVAL
+from afd.params import load_params
+
+from stage import stage_arguments, stage_main
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_arguments(__doc__)
     parser.add_argument("--out", default=str(EVAL / "clean"))
     args = parser.parse_args()
     sources = load_params(args.params)["sources"]

@@ -1,12 +1,8 @@
 """Fuse a trained AFD-Module into its deploy form, verified on real evaluation features
 (params: methods.<method>, fuse.verify_set); the difference is recorded in metrics/fuse/."""
 
-import argparse
-
 import mlflow
 import torch
-from layout import METRICS, backbone_from_params, eval_sets, fused_model, trained_model
-from params import load_params, stage_main
 
 from afd.checkpoint import load_enhancer, save_enhancer
 from afd.data import load_set
@@ -15,19 +11,19 @@ from afd.errors import ConfigError
 from afd.fusing import fuse_and_verify
 from afd.images import load_image, to_batch
 from afd.io import write_json
+from afd.layout import METRICS, backbone_from_params, eval_sets, fused_model, trained_model
 from afd.methods import Method
+from afd.params import load_params
 from afd.tracking import lineage_tags, tracked_run
+
+from stage import stage_arguments, stage_main
 
 VERIFY_IMAGES = 8
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", required=True)
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
+    args = stage_arguments(__doc__, backbone=True, method=True).parse_args()
     params = load_params(args.params)
     if not Method.from_params(args.method, params["methods"]).fusable:
         raise ConfigError(f"params.yaml: fuse.methods lists {args.method!r}, which has no RepConv to fuse")

@@ -1,18 +1,16 @@
 """DIV2K-C clean patches: seeded random crops of the training photos (params: sources, patches,
 seed, and the profile's patch_count)."""
 
-import argparse
-
-from layout import PATCHES
-from params import load_params, stage_main, training_profile
-
 from afd.data import embedded_split, folder_photos, make_patches
+from afd.layout import PATCHES
+from afd.params import load_params, training_profile
+
+from stage import stage_arguments, stage_main
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_arguments(__doc__)
     parser.add_argument("--out", default=str(PATCHES / "clean"))
     args = parser.parse_args()
     params = load_params(args.params)

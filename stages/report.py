@@ -1,22 +1,22 @@
 """The Markdown report and its figures (reports/), from metrics/eval/*.json and
 metrics/efficiency.json."""
 
-import argparse
 import json
 from pathlib import Path
 
 import mlflow
-from layout import METRICS
-from params import load_params, stage_main
 
+from afd.layout import METRICS
+from afd.params import load_params
 from afd.report import write_report
 from afd.tracking import git_commit, tracked_run
+
+from stage import stage_arguments, stage_main
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_arguments(__doc__)
     parser.add_argument("--out", default="reports/report.md")
     args = parser.parse_args()
     params = load_params(args.params)

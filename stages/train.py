@@ -4,31 +4,28 @@ train.mix_clean).
 A killed run resumes from checkpoints/<backbone>/<method>/state.pt when re-run.
 """
 
-import argparse
 import csv
 import dataclasses
 import io
 
 import mlflow
 import torch
-from layout import CHECKPOINTS, METRICS, PLOTS, backbone_from_params, patch_sets, trained_model
-from params import load_params, stage_main, training_profile
 
 from afd.checkpoint import save_enhancer
 from afd.data import load_set
 from afd.io import atomic_write_text, write_json
+from afd.layout import CHECKPOINTS, METRICS, PLOTS, backbone_from_params, patch_sets, trained_model
 from afd.methods import Method
+from afd.params import load_params, training_profile
 from afd.tracking import lineage_tags, tracked_run
 from afd.train import PatchPairs, TrainConfig, train
+
+from stage import stage_arguments, stage_main
 
 
 @stage_main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", required=True)
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
+    args = stage_arguments(__doc__, backbone=True, method=True).parse_args()
     params = load_params(args.params)
     method = Method.from_params(args.method, params["methods"])
     config = TrainConfig.from_profile(training_profile(params), params["seed"])

@@ -1,6 +1,13 @@
-"""Real services for the tests, on free loopback ports, stopped at the end of the session."""
+"""Real services for the tests, on free loopback ports, stopped at the end of the session; and
+the tiny copy of the project that the pipeline and flow tests run."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from services.mlflow_server import start_mlflow
 from services.s3 import start_s3
@@ -8,6 +15,38 @@ from services.s3 import start_s3
 TEST_ACCESS_KEY = "afdtestaccesskey"
 TEST_SECRET_KEY = "afdtestsecretkey0123456789"  # a test-only secret; grepped for in outputs
 BUCKET = "afd"
+REPO = Path(__file__).resolve().parents[1]
+BACKBONE = "efficientnet_lite0"
+
+
+def tiny_params() -> dict:
+    """params.yaml shrunk to seconds per stage: one eval photo, two QFs, two methods, 12 iterations."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["sources"]["embedded"].update(eval_photos=["coffee"], view_sizes=[256])
+    params["patches"]["qualities"] = [25, 7]
+    params["eval_sets"].update(jpeg_qualities=[25, 7], compression_times=[1, 2], avif_qualities=[25])
+    params["train"].update(backbones=[BACKBONE], methods=["afd", "arcnn"])
+    params["fuse"]["methods"] = ["afd"]
+    params["profiles"]["default"].update(patch_count=8, iterations=12, batch_size=2, crop=64,
+                                         lr_drop_at=8, checkpoint_every=2)
+    params["evaluate"]["batch_size"] = 4
+    params["efficiency"].update(warmup=1, repeats=1)
+    return params
+
+
+def make_tiny_project(root: Path) -> Path:
+    """A git + DVC copy of the project (code, dvc.yaml, prefect.yaml) with tiny params, committed."""
+    for name in ("afd", "stages", "flows"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", "prefect.yaml"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "code"], cwd=root, check=True)
+    return root
 
 
 @pytest.fixture(scope="session")

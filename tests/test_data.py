@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import logging
 import re
@@ -31,6 +30,7 @@ from afd.data import (
 )
 from afd.errors import AFDError, ConfigError, ImageLoadError
 from afd.images import load_image
+from afd.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_PHOTOS = ["chelsea", "coffee", "grace_hopper", "rocket"]
@@ -406,14 +406,6 @@ def test_stage_scripts_build_the_layout(tmp_path):
     assert (tmp_path / "data/eval/jpeg_q7/e00000.jpg").read_bytes() == encode_jpeg(first, 7)
 
 
-def _stage_params_module():
-    # stages/ is a folder of scripts, not a package: load its params module from the file.
-    spec = importlib.util.spec_from_file_location("stage_params", REPO / "stages" / "params.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -430,7 +422,7 @@ def _stage_params_module():
 def test_params_are_checked(tmp_path, changes, message):
     _write_params(tmp_path, changes)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        _stage_params_module().load_params(str(tmp_path / "params.yaml"))
+        load_params(str(tmp_path / "params.yaml"))
 
 
 def test_stage_errors_exit_2_naming_the_key(tmp_path):

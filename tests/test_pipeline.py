@@ -3,7 +3,6 @@ tracked by a real MLflow server whose artifacts live in a real S3 server (Seawee
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,23 +15,8 @@ import torch
 import yaml
 
 from afd.checkpoint import load_enhancer
+from conftest import BACKBONE, make_tiny_project
 
-REPO = Path(__file__).resolve().parents[1]
-BACKBONE = "efficientnet_lite0"
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["sources"]["embedded"].update(eval_photos=["coffee"], view_sizes=[256])
-    params["patches"]["qualities"] = [25, 7]
-    params["eval_sets"].update(jpeg_qualities=[25, 7], compression_times=[1, 2], avif_qualities=[25])
-    params["train"].update(backbones=[BACKBONE], methods=["afd", "arcnn"])
-    params["fuse"]["methods"] = ["afd"]
-    params["profiles"]["default"].update(patch_count=8, iterations=12, batch_size=2, crop=64,
-                                         lr_drop_at=8, checkpoint_every=2)
-    params["evaluate"]["batch_size"] = 4
-    params["efficiency"].update(warmup=1, repeats=1)
-    return params
 
 
 TRACKING_ENV: dict[str, str] = {}  # set by the repo fixture: MLFLOW_TRACKING_URI of the test server
@@ -48,17 +32,7 @@ def dvc(repo: Path, *args: str, env: dict | None = None) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, mlflow_server) -> Path:
     TRACKING_ENV["MLFLOW_TRACKING_URI"] = mlflow_server.url
-    root = tmp_path_factory.mktemp("repo")
-    for name in ("afd", "stages"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    assert dvc(root, "init", "-q").returncode == 0
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "code"],
-                   cwd=root, check=True)
+    root = make_tiny_project(tmp_path_factory.mktemp("repo"))
     result = dvc(root, "repro")
     assert result.returncode == 0, result.stdout + result.stderr
     return root

@@ -1,16 +1,13 @@
-"""params.yaml for the stage scripts: loading, checking what the data stages use, error exits."""
+"""params.yaml: loading it, and checking the keys the data stages use (stages and flows read it here)."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from afd.errors import AFDError, ConfigError
+from .errors import ConfigError
 
 SOURCE_KINDS = ("embedded", "folders")
 
@@ -36,22 +33,6 @@ def training_profile(params: dict) -> dict:
     if name not in profiles:
         raise ConfigError(f"unknown profile {name!r}; known: {', '.join(profiles) or 'none'}")
     return profiles[name]
-
-
-def stage_main(main: Callable[[], None]) -> Callable[[], None]:
-    """Decorate a stage's main(): log to stderr, and turn an AFDError into `error: <message>` on
-    stderr with exit status 2 (a user mistake, not a crash: no traceback)."""
-
-    @functools.wraps(main)
-    def run() -> None:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        try:
-            main()
-        except AFDError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return run
 
 
 def _check_data_params(params: dict, path: str) -> None:

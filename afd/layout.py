@@ -1,14 +1,15 @@
 """Where the pipeline's files live, and the backbones as params.yaml configures them.
 
-The paths here are the ones dvc.yaml declares; stage scripts take them from here, not from literals.
+The paths here are the ones dvc.yaml declares; stage scripts and flows take them from here, not from
+literals. They are relative to the project directory (the one holding dvc.yaml).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from afd.backbones import SplitBackbone, build_backbone
-from afd.errors import ConfigError
+from .backbones import SplitBackbone, build_backbone
+from .errors import ConfigError
 
 PATCHES = Path("data/div2k_c")
 EVAL = Path("data/eval")
@@ -59,3 +60,15 @@ def backbone_from_params(params: dict, name: str) -> tuple[SplitBackbone, str]:
     tap = settings[name].get("tap") or backbone.default_tap
     backbone.tap_channels(tap)  # an unknown tap fails here, naming the valid ones
     return backbone, tap
+
+
+# dvc.yaml's stage names, for callers that run stages through DVC (the Prefect flows).
+DATA_STAGES = ("patches", "div2k_c", "eval_clean", "eval_jpeg", "eval_multi", "eval_avif")
+
+
+def train_stage(backbone: str, method: str) -> str:
+    return f"train@{backbone}-{method}"
+
+
+def fuse_stage(backbone: str, method: str) -> str:
+    return f"fuse@{backbone}-{method}"

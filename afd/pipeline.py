@@ -1,0 +1,188 @@
+"""The pipeline's model steps, shared by the DVC stage scripts (`stages/`) and the Prefect flows
+(`flows/`): loading a backbone's trained methods, evaluating, the evaluation record, registering.
+
+Each step reads params.yaml (as a dict) and the project layout (`afd.layout`), so a stage and a
+flow that run the same step produce the same files, metrics and registry entries.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .backbones import SplitBackbone
+from .baselines import ARCNN
+from .checkpoint import load_enhancer
+from .classifier import CascadeClassifier, EnhancedClassifier
+from .data import PairedImages, labels, load_set
+from .evaluate import Batch, evaluate_grid, evaluate_set, family_averages
+from .export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
+from .images import load_image, to_batch
+from .layout import backbone_from_params, deployable_model, eval_sets, fused_model, trained_model
+from .methods import DIRECT_TEST, Method
+from .tracking import flatten, lineage_tags, tracked_run
+
+CHECK_IMAGES = 4  # clean evaluation images the exports are checked on
+
+
+@dataclass
+class TrainedMethods:
+    backbone_name: str
+    backbone: SplitBackbone
+    tap: str
+    classifiers: dict[str, nn.Module]  # DirectTest first, then each method by name
+    model_files: list[Path]  # the deployable model file of each method
+
+
+def trained_methods(params: dict, backbone_name: str, methods: list[str] | None = None) -> TrainedMethods:
+    """DirectTest and each method (default: train.methods) as a classifier, from its deployable
+    (fused where fusable) model file."""
+    backbone, tap = backbone_from_params(params, backbone_name)
+    classifiers: dict[str, nn.Module] = {DIRECT_TEST: EnhancedClassifier(backbone, None, tap)}
+    model_files = []
+    for name in params["train"]["methods"] if methods is None else methods:
+        if name == DIRECT_TEST:
+            continue
+        method = Method.from_params(name, params["methods"])
+        model_files.append(deployable_model(backbone_name, method))
+        module, _ = load_enhancer(model_files[-1])
+        classifiers[name] = method.classifier(backbone, module, tap)
+    return TrainedMethods(backbone_name, backbone, tap, classifiers, model_files)
+
+
+class EvaluationSet:
+    """One compressed set next to its clean version, as Batch objects read lazily from disk (a set
+    never has to fit in memory); re-iterable."""
+
+    def __init__(self, clean_dir: Path, set_dir: Path, batch_size: int):
+        self.clean_dir, self.set_dir, self.batch_size = clean_dir, set_dir, batch_size
+        self.labels = labels(clean_dir)
+
+    def __iter__(self):
+        loader = DataLoader(PairedImages(self.clean_dir, self.set_dir), batch_size=self.batch_size)
+        for clean, degraded, ids in loader:
+            yield Batch(clean, degraded, [self.labels[i] for i in ids])
+
+
+def evaluation_sets(params: dict, names: list[str] | None = None) -> dict[str, EvaluationSet]:
+    """The evaluation sets by name (default: all, "clean" first)."""
+    sets = eval_sets(params)
+    return {name: EvaluationSet(sets["clean"], sets[name], params["evaluate"]["batch_size"])
+            for name in (names or sets)}
+
+
+def evaluate_backbone(params: dict, trained: TrainedMethods) -> dict:
+    """The whole grid method x set in one pass over each set."""
+    direct = trained.classifiers[DIRECT_TEST]
+    return evaluate_grid(direct, trained.classifiers, evaluation_sets(params))
+
+
+def evaluate_cell(params: dict, backbone_name: str, method: str, set_name: str) -> dict:
+    """One cell of the grid: `method` (or DirectTest) on one set. Equal to the same cell of
+    `evaluate_backbone`: every method's metrics are computed independently, batch by batch."""
+    trained = trained_methods(params, backbone_name, [method])
+    direct = trained.classifiers[DIRECT_TEST]
+    (evaluation_set,) = evaluation_sets(params, [set_name]).values()
+    return evaluate_set(direct, {method: trained.classifiers[method]}, evaluation_set)[method]
+
+
+def describe_data(clean_dir: Path) -> dict:
+    manifest = json.loads((clean_dir / "manifest.json").read_text())
+    images = manifest["images"]
+    photos = sorted({record["photo"] for record in images})
+    labelled = sum(record["label"] is not None for record in images)
+    if manifest["source"] == "embedded":
+        description = (f"{len(images)} views (Resize + 224 crops) of {len(photos)} embedded sample photos "
+                       f"({', '.join(photos)}), no labels — a smoke test, not a benchmark")
+    else:
+        description = f"{len(images)} images of {manifest['source']} ({labelled} labelled)"
+    return {"source": manifest["source"], "images": len(images), "photos": len(photos),
+            "labelled": labelled, "description": description}
+
+
+def evaluation_record(params: dict, trained: TrainedMethods, grid: dict) -> dict:
+    """What metrics/eval/<backbone>.json holds: the grid, its family averages and what it was
+    measured on. The weights are named by file name (their sha256 is in the lineage tags)."""
+    weights = trained.backbone.weights_file
+    return {
+        "backbone": trained.backbone_name,
+        "tap": trained.tap,
+        "weights": Path(weights).name if weights else "random",
+        "pretrained": trained.backbone.pretrained,
+        "data": describe_data(eval_sets(params)["clean"]),
+        "methods": list(grid),
+        "grid": grid,
+        "averages": family_averages(grid),
+    }
+
+
+def log_evaluation(params: dict, trained: TrainedMethods, record: dict) -> None:
+    """The evaluation as an MLflow run: every cell and average as a metric, lineage as tags."""
+    import mlflow
+
+    tags = {**lineage_tags(trained.backbone_name, trained.backbone.weights_file,
+                           [*eval_sets(params).values(), *trained.model_files]), "stage": "evaluate"}
+    with tracked_run(f"evaluate@{trained.backbone_name}", {"eval_sets": params["eval_sets"],
+                                                           "methods": record["methods"]}, tags):
+        mlflow.log_metrics(flatten({"grid": record["grid"], "averages": record["averages"]}))
+        mlflow.log_dict(record, "evaluation.json")
+
+
+def comparison_programs(params: dict, backbone_name: str, example: torch.Tensor, out_dir: Path) -> dict[str, Path]:
+    """What the on-device benchmark compares the registered classifier with, as `.pt2` programs:
+    the backbone alone, the backbone with the unfused (multi-branch) AFD, and the JAR baseline
+    (ARCNN before the backbone; untrained when no ARCNN method was trained: latency does not
+    depend on the weights)."""
+    backbone, tap = backbone_from_params(params, backbone_name)
+    unfused, _ = load_enhancer(trained_model(backbone_name, "afd"))
+    restorer = ARCNN()
+    for name in params["train"]["methods"]:
+        method = Method.from_params(name, params["methods"])
+        if method.kind == "arcnn" and trained_model(backbone_name, name).exists():
+            restorer, _ = load_enhancer(trained_model(backbone_name, name))
+            break
+    models = {"direct": EnhancedClassifier(backbone, None, tap),
+              "afd_unfused": EnhancedClassifier(backbone, unfused, tap),
+              "arcnn": CascadeClassifier(restorer, backbone, tap)}
+    return {role: save_program(model, example, out_dir / f"{role}.pt2") for role, model in models.items()}
+
+
+def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dict:
+    """Register backbone + fused AFD as afd-<backbone> with its ExecuTorch and ONNX exports (each
+    checked against PyTorch) and the benchmark's comparison programs, then apply the promotion
+    gate to `evaluation` (an `evaluation_record`). Returns the receipt (name, version, alias, ...)."""
+    from .registry import GateScores, register_classifier
+
+    backbone, tap = backbone_from_params(params, backbone_name)
+    model_file = fused_model(backbone_name, "afd")
+    module, _ = load_enhancer(model_file)
+    model = EnhancedClassifier(backbone, module, tap).eval()
+    scores = GateScores.from_evaluation(evaluation)
+
+    sets = eval_sets(params)
+    images = to_batch([load_image(path) for _, path in load_set(sets["clean"])[:CHECK_IMAGES]])
+    tags = {**lineage_tags(backbone_name, backbone.weights_file, [*sets.values(), model_file]),
+            **{f"metric.{k}": f"{v:.6f}" for k, v in flatten(evaluation["averages"]["afd"]).items()}}
+    with tempfile.TemporaryDirectory() as tmp, tracked_run(f"register@{backbone_name}", {"tap": tap},
+                                                           {**tags, "stage": "register"}):
+        import mlflow
+
+        tmp = Path(tmp)
+        pte, onnx = tmp / f"afd-{backbone_name}.pte", tmp / f"afd-{backbone_name}.onnx"
+        export_executorch(model, images[:1], pte)
+        export_onnx(model, images[:1], onnx)
+        differences = {"pte_max_abs_diff": check_export(model, run_executorch, pte, images[:1]),
+                       "onnx_max_abs_diff": check_export(model, run_onnx, onnx, images)}
+        mlflow.log_metrics(differences)
+        comparison_programs(params, backbone_name, images[:1], tmp / "benchmark")
+        registration = register_classifier(model, backbone_name, images[:2], scores, tags,
+                                           attachments={"deploy": pte, "deploy/onnx": onnx,
+                                                        "benchmark": tmp / "benchmark"})
+    return {"name": registration.name, "version": registration.version, "alias": registration.alias,
+            "reason": registration.reason, "run_id": registration.run_id, **differences}

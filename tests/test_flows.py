@@ -1,0 +1,245 @@
+"""The Prefect flows end to end on a tiny project: a real Prefect server, the project's deployments
+from prefect.yaml, a real process worker polling the device pool, MLflow and S3 servers.
+
+The retraining flow runs as a user's process would (a subprocess in the project directory); the
+device benchmark runs on the `edge-devices` worker through `run_deployment`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BACKBONE, make_tiny_project
+
+from services.mlflow_server import start_mlflow
+from services.prefect_server import DEVICE_POOL, deploy_project, run_prefect, start_prefect, start_worker
+
+SETS = ["clean", "jpeg_q25", "jpeg_q7", "multi_ct1", "multi_ct2", "avif_q25"]
+METHODS = ["direct", "afd", "arcnn"]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    server = start_prefect(tmp_path_factory.mktemp("prefect-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def flows_mlflow(tmp_path_factory, s3_server):
+    """A tracking server of this module's own: its registry starts empty."""
+    server = start_mlflow(tmp_path_factory.mktemp("flows-mlflow"), s3_server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, prefect_server, flows_mlflow) -> dict:
+    """What the training machine and the device share: the Prefect API and the tracking server.
+    (No S3 keys: the tracking server proxies artifacts.)"""
+    home = tmp_path_factory.mktemp("prefect-home")
+    return {**os.environ, **prefect_server.client_env(), "MLFLOW_TRACKING_URI": flows_mlflow.url,
+            "PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "INFO"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, env) -> Path:
+    root = make_tiny_project(tmp_path_factory.mktemp("flow-project"))
+    deploy_project(root, env)
+    return root
+
+
+@pytest.fixture(scope="module")
+def device_worker(project, env, tmp_path_factory):
+    """The device's worker: a separate process polling only the device pool, started elsewhere
+    than the project (a device has no checkout)."""
+    elsewhere = tmp_path_factory.mktemp("device")
+    worker = start_worker(DEVICE_POOL, env, elsewhere, name="test-device", poll_seconds=2, cwd=elsewhere)
+    yield worker
+    worker.stop()
+
+
+def run_retrain(project: Path, env: dict, **parameters) -> tuple[subprocess.CompletedProcess, float]:
+    script = ("import json, sys; from flows.retrain import retrain; "
+              "result = retrain(**json.loads(sys.argv[1]), return_state=True); "
+              "print('FLOW_RUN_STATE', result.type.value); "
+              "print('RESULT', json.dumps(result.result(raise_on_failure=False), default=str))")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(parameters)], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=900)
+    return result, time.monotonic() - start
+
+
+def flow_runs(env: dict, flow_name: str, scheduled: bool = False) -> list:
+    """The flow's runs, oldest first; without the ones the schedule queued for later, unless asked."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with prefect_settings(env), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                     sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+    return [run for run in runs if scheduled or not run.state.is_scheduled()]
+
+
+def task_runs(env: dict, flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with prefect_settings(env), get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def prefect_settings(env: dict):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]})
+
+
+def registry(env: dict):
+    import mlflow
+
+    return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture(scope="module")
+def first_run(project, env, device_worker) -> dict:
+    """The retraining flow with the device worker up."""
+    result, _ = run_retrain(project, env, device_timeout_s=600)
+    assert "FLOW_RUN_STATE COMPLETED" in result.stdout, result.stdout[-4000:] + result.stderr[-8000:]
+    return json.loads(result.stdout.split("RESULT ", 1)[1])
+
+
+def test_the_schedule_comes_from_prefect_yaml(project, env):
+    from prefect.client.orchestration import get_client
+
+    configured = yaml.safe_load((project / "prefect.yaml").read_text())["deployments"]
+    cron = next(d for d in configured if d["name"] == "weekly")["schedules"][0]["cron"]
+    listing = run_prefect(["deployment", "ls"], env)
+    assert "afd-retrain/weekly" in listing and "afd-device-benchmark/edge" in listing
+    with prefect_settings(env), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("afd-retrain/weekly")
+        device = client.read_deployment_by_name("afd-device-benchmark/edge")
+    assert [s.schedule.cron for s in deployment.schedules] == [cron] and deployment.schedules[0].active
+    assert deployment.work_pool_name == "afd-training" and device.work_pool_name == DEVICE_POOL
+    assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(project)
+
+
+def test_every_grid_cell_is_a_task_run(first_run, env):
+    (grid_run,) = flow_runs(env, "afd-evaluation-grid")
+    names = sorted(run.name for run in task_runs(env, grid_run.id))
+    assert names == sorted(f"evaluate {BACKBONE} {m} {s}" for m in METHODS for s in SETS)
+    assert all(run.state.is_completed() for run in task_runs(env, grid_run.id))
+
+
+def test_the_flow_grid_equals_the_dvc_evaluate_stage(first_run, project, env):
+    """Two routes, one computation: the mapped cells and the evaluate stage give the same numbers."""
+    import mlflow
+
+    runs = registry(env).search_runs([registry(env).get_experiment_by_name("afd").experiment_id],
+                                     filter_string=f"attributes.run_name = 'evaluate@{BACKBONE}'")
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    record = mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/evaluation.json")
+    staged = subprocess.run([sys.executable, "-m", "dvc", "repro", f"evaluate@{BACKBONE}"], cwd=project,
+                            env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"},
+                            capture_output=True, text=True)
+    assert staged.returncode == 0, staged.stderr
+    stage_record = json.loads((project / "metrics" / "eval" / f"{BACKBONE}.json").read_text())
+    # Same predictions; KL and MSE equal up to float rounding (Dask workers run one thread each,
+    # the stage two, and the convolutions sum in a different order).
+    assert set(record["grid"]) == set(stage_record["grid"]) == set(METHODS)
+    for method, by_set in stage_record["grid"].items():
+        assert set(record["grid"][method]) == set(by_set) == set(SETS)
+        for set_name, metrics in by_set.items():
+            assert record["grid"][method][set_name] == pytest.approx(metrics, rel=1e-4, abs=1e-6)
+            assert record["grid"][method][set_name]["agreement"] == metrics["agreement"]
+    assert record["grid"]["direct"]["clean"]["agreement"] == 1.0
+
+
+def test_the_gate_registers_and_the_device_worker_benchmarks_the_version(first_run, env):
+    receipt = first_run[BACKBONE]
+    client = registry(env)
+    version = client.get_model_version(f"afd-{BACKBONE}", receipt["version"])
+    assert receipt["alias"] in version.tags["gate.decision"]
+    assert client.get_model_version_by_alias(f"afd-{BACKBONE}", receipt["alias"]).version == receipt["version"]
+    # the device's results, on the registered version
+    for role in ("afd", "afd_unfused", "arcnn", "direct"):
+        assert float(version.tags[f"device.{role}.median_ms"]) > 0
+        assert float(version.tags[f"device.{role}.p90_ms"]) >= float(version.tags[f"device.{role}.median_ms"])
+    assert float(version.tags["device.fusing_speedup"]) > 0 and version.tags["device.threads"] == "1"
+    assert receipt["device"]["device.afd.median_ms"] == version.tags["device.afd.median_ms"]
+    # ... measured by the device pool's worker, not by the training process
+    (device_run,) = flow_runs(env, "afd-device-benchmark")
+    assert device_run.state.is_completed() and device_run.work_pool_name == DEVICE_POOL
+    assert device_run.parameters == {"backbone": BACKBONE, "version": receipt["version"]}
+
+
+def test_each_run_publishes_the_grid_and_efficiency_tables(first_run, env):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["grid-efficientnet-lite0", "efficiency", "registration-efficientnet-lite0",
+            "device-benchmark-efficientnet-lite0"]
+    with prefect_settings(env), get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=keys)))}
+    assert set(artifacts) == set(keys)
+    assert "| QF | DirectTest | AFD | ARCNN |" in artifacts["grid-efficientnet-lite0"].data
+    assert "| method | params (M) | MACs (G) |" in artifacts["efficiency"].data
+    assert "backbone + AFD (fused)" in artifacts["device-benchmark-efficientnet-lite0"].data
+
+
+def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(first_run, project, env,
+                                                                                 device_worker):
+    from mlflow.exceptions import MlflowException
+
+    client, name = registry(env), f"afd-{BACKBONE}"
+
+    def champion():
+        try:
+            return client.get_model_version_by_alias(name, "champion").version
+        except MlflowException:
+            return None
+
+    champion_before = champion()
+    device_worker.stop()
+    timeout = 20
+    result, _ = run_retrain(project, env, device_timeout_s=timeout)
+    assert "FLOW_RUN_STATE FAILED" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "no worker of 'afd-device-benchmark/edge'" in result.stdout + result.stderr
+
+    retrain_run = flow_runs(env, "afd-retrain")[-1]
+    runs = task_runs(env, retrain_run.id)
+    (benchmark,) = [run for run in runs if run.name.startswith("benchmark-on-device")]
+    assert benchmark.state.is_failed() and benchmark.total_run_time.total_seconds() < timeout + 15
+    (register,) = [run for run in runs if run.name.startswith("register")]
+    assert register.state.is_completed()
+    # the request is withdrawn, not left for a device to pick up later
+    assert flow_runs(env, "afd-device-benchmark")[-1].state.is_cancelled()
+    # both registered versions are kept; the champion is where the gate put it, untouched by the failure
+    versions = sorted((v for v in client.search_model_versions(f"name = '{name}'")), key=lambda v: int(v.version))
+    assert len(versions) == 2
+    new = versions[-1]
+    expected = new.version if new.tags["gate.decision"].startswith("champion") else champion_before
+    assert champion() == expected
+    assert "device.afd.median_ms" not in new.tags and "device.afd.median_ms" in versions[0].tags
+    # nothing changed, so every grid cell came from the cache instead of being recomputed
+    grid_run = flow_runs(env, "afd-evaluation-grid")[-1]
+    assert {run.state.name for run in task_runs(env, grid_run.id)} == {"Cached"}
+
+
+def test_the_scheduler_queues_the_next_weekly_run(project, env):
+    """The schedule is live: the server has queued the coming runs at the cron's times."""
+    deadline = time.monotonic() + 90
+    while not (queued := flow_runs(env, "afd-retrain", scheduled=True)) and time.monotonic() < deadline:
+        time.sleep(3)
+    queued = [run for run in queued if run.state.is_scheduled()]
+    assert queued
+    for run in queued:
+        start = run.expected_start_time
+        assert (start.weekday(), start.hour, start.minute) == (0, 3, 0)  # Mondays 03:00 UTC
