@@ -19,6 +19,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .mlflow_server import start_mlflow
@@ -96,17 +97,31 @@ def up() -> None:
     print("  .venv/bin/prefect deployment run afd-retrain/weekly")
 
 
-def down() -> None:
+def down(timeout: float = 30.0) -> None:
     if not STATE_FILE.exists():
         print("not running")
         return
-    for pid in reversed(json.loads(STATE_FILE.read_text())["pids"]):  # workers first, storage last
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    groups = list(reversed(json.loads(STATE_FILE.read_text())["pids"]))  # workers first, storage last
+    for pid in groups:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_signal_group(pid, 0) for pid in groups) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in groups:  # whatever ignored SIGTERM
+        _signal_group(pid, signal.SIGKILL)
     STATE_FILE.unlink()
     print("stopped")
+
+
+def _signal_group(pid: int, sig: int) -> bool:
+    """Send `sig` to the process group `pid`; False when the group is gone."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # only zombies left in the group
+        return False
 
 
 def status() -> None:
