@@ -33,8 +33,8 @@ def save_program(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
     """The exported program as a self-contained `.pt2` file: weights and graph, no Python code,
     so any machine with torch can run or lower it (see `load_program`)."""
     program = export_program(model, example)
-    with atomic_path(path) as tmp:
-        torch.export.save(program, str(tmp))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: the temp name lacks ".pt2"
+        torch.export.save(program, f)
     return Path(path)
 
 

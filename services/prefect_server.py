@@ -10,36 +10,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .process import ServiceProcess, spawn, wait_until_healthy
 from .s3 import free_port
 
 TRAINING_POOL, DEVICE_POOL = "afd-training", "edge-devices"
 
 
 @dataclass
-class Process:
-    """A started service or worker, stopped with its whole process group."""
-
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+class Worker(ServiceProcess):
+    name: str = ""
 
 
 @dataclass
-class PrefectServer(Process):
+class PrefectServer(ServiceProcess):
     url: str = ""
 
     @property
@@ -52,12 +38,6 @@ class PrefectServer(Process):
 
 def prefect_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
-
-
-def _spawn(name: str, command: list[str], env: dict, log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
 
 
 def server_env(state_dir: Path) -> dict[str, str]:
@@ -76,20 +56,10 @@ def start_prefect(state_dir: Path, port: int | None = None, timeout: float = 120
     port = port or free_port()
     log_path = state_dir / "prefect-server.log"
     command = prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port))
-    process = _spawn("prefect server", command, {**os.environ, **server_env(state_dir)}, log_path)
-    server = PrefectServer("prefect server", process, log_path, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with status {process.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{server.api_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    server.stop()
-    raise RuntimeError(f"prefect server did not answer on {server.url} within {timeout:.0f} s; see {log_path}")
+    server = PrefectServer(spawn(command, {**os.environ, **server_env(state_dir)}, log_path), log_path,
+                           url=f"http://127.0.0.1:{port}")
+    wait_until_healthy(server, "prefect server", f"{server.api_url}/health", timeout)
+    return server
 
 
 def run_prefect(args: list[str], env: dict, cwd: Path | None = None) -> str:
@@ -110,11 +80,11 @@ def deploy_project(project_dir: Path, env: dict) -> None:
 
 
 def start_worker(pool: str, env: dict, log_dir: Path, name: str | None = None, poll_seconds: int = 5,
-                 cwd: Path | None = None) -> Process:
+                 cwd: Path | None = None) -> Worker:
     """A process worker polling `pool`; its flow runs inherit `env` (tracking URI, credentials)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     name = name or f"{pool}-worker"
     log_path = log_dir / f"{name}.log"
     command = prefect_command("worker", "start", "--pool", pool, "--type", "process", "--name", name)
     worker_env = {**os.environ, **env, "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds)}
-    return Process(name, _spawn(name, command, worker_env, log_path, cwd), log_path)
+    return Worker(spawn(command, worker_env, log_path, cwd), log_path, name=name)

@@ -47,14 +47,14 @@ def credentials() -> tuple[str, str]:
 
 
 def configure_dvc_remote(endpoint: str, key: str, secret: str) -> None:
-    """The remote (url, endpoint) in .dvc/config; the keys only in .dvc/config.local."""
+    """The local stack's remote, entirely in the git-ignored .dvc/config.local: the committed
+    .dvc/config stays as it is, and the keys never reach a tracked file."""
     def dvc(*args: str) -> None:
         subprocess.run([sys.executable, "-m", "dvc", *args], check=True, capture_output=True)
 
-    dvc("remote", "add", "--force", "--default", DVC_REMOTE, f"s3://{BUCKET}/dvc")
-    dvc("remote", "modify", DVC_REMOTE, "endpointurl", endpoint)
-    dvc("remote", "modify", "--local", DVC_REMOTE, "access_key_id", key)
-    dvc("remote", "modify", "--local", DVC_REMOTE, "secret_access_key", secret)
+    dvc("remote", "add", "--local", "--force", "--default", DVC_REMOTE, f"s3://{BUCKET}/dvc")
+    for option, value in (("endpointurl", endpoint), ("access_key_id", key), ("secret_access_key", secret)):
+        dvc("remote", "modify", "--local", DVC_REMOTE, option, value)
 
 
 def up() -> None:
