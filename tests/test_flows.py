@@ -107,6 +107,33 @@ def registry(env: dict):
     return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
 
 
+@pytest.fixture
+def dask_cluster(project, env, tmp_path):
+    """A Dask scheduler and one worker, as a user with more machines would start them: separate
+    processes, the worker in a checkout of the project."""
+    from services.s3 import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    host, port = address.removeprefix("tcp://").split(":")
+    commands = [
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", port, "--no-dashboard"],
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1",
+         "--no-dashboard"],
+    ]
+    processes = []
+    for number, command in enumerate(commands):
+        with open(tmp_path / f"dask-{number}.log", "wb") as log:
+            processes.append(subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT))
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(1, timeout=60)
+    yield address
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def first_run(project, env, device_worker) -> dict:
     """The retraining flow with the device worker up."""
@@ -195,7 +222,9 @@ def test_each_run_publishes_the_grid_and_efficiency_tables(first_run, env):
 
 
 def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(first_run, project, env,
-                                                                                 device_worker):
+                                                                                 device_worker, dask_cluster):
+    """Also: the grid runs on the Dask scheduler named by `dask_address`, and unchanged cells come
+    from the cache."""
     from mlflow.exceptions import MlflowException
 
     client, name = registry(env), f"afd-{BACKBONE}"
@@ -209,7 +238,7 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
     champion_before = champion()
     device_worker.stop()
     timeout = 20
-    result, _ = run_retrain(project, env, device_timeout_s=timeout)
+    result, _ = run_retrain(project, env, device_timeout_s=timeout, dask_address=dask_cluster)
     assert "FLOW_RUN_STATE FAILED" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     assert "no worker of 'afd-device-benchmark/edge'" in result.stdout + result.stderr
 
@@ -231,6 +260,11 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
     # nothing changed, so every grid cell came from the cache instead of being recomputed
     grid_run = flow_runs(env, "afd-evaluation-grid")[-1]
     assert {run.state.name for run in task_runs(env, grid_run.id)} == {"Cached"}
+    from distributed import Client
+
+    with Client(dask_cluster, timeout=30) as client:
+        ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert ran == ["evaluate_grid_cell"]  # the cells, and nothing else, went to the external cluster
 
 
 def test_the_scheduler_queues_the_next_weekly_run(project, env):
