@@ -24,19 +24,26 @@ def registered_name(backbone: str) -> str:
 
 def load_registered(uri: str) -> nn.Module:
     """The classifier at a model URI such as models:/afd-efficientnet_lite0@champion, from the
-    tracking server in $MLFLOW_TRACKING_URI (default: the local mlflow.db). MLflow stores it as a
-    `torch.export` program (no pickled code runs on load), already in inference form."""
+    tracking server in $MLFLOW_TRACKING_URI (default: the local mlflow.db), in inference form.
+    Only a `torch.export` program (`data/model.pt2`) is accepted: a pickled model, which would run
+    arbitrary code on load, is refused."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from .errors import AFDError
     from .tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        return mlflow.pytorch.load_model(uri, map_location="cpu")
-    except (MlflowException, OSError) as error:
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+    except Exception as error:  # MlflowException, or an OSError / HTTP error from the artifact store
         raise AFDError(f"{uri}: cannot load it from {tracking_uri()} ({str(error).splitlines()[0][:300]})") from None
+    program = local / "data" / "model.pt2"
+    if not program.is_file():
+        raise AFDError(f"{uri}: not a torch.export program (no data/model.pt2); refusing to unpickle a model")
+    try:
+        return torch.export.load(str(program)).module()
+    except (OSError, RuntimeError, ValueError) as error:
+        raise AFDError(f"{uri}: unreadable torch.export program ({str(error).splitlines()[0][:300]})") from None
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,8 @@ def register_classifier(
     with torch.no_grad():
         logits = model(example)
     info = mlflow.pytorch.log_model(
-        model, name="model", signature=infer_signature(example.numpy(), logits.numpy()),
+        model, name="model", serialization_format="pt2",  # a program, never a pickle
+        signature=infer_signature(example.numpy(), logits.numpy()),
         input_example=example.numpy(), registered_model_name=name,
     )
     for folder, path in (attachments or {}).items():  # a file, or a folder's files, under `folder`

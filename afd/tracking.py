@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -94,7 +95,19 @@ def tracked_run(run_name: str, params: dict | None = None, tags: dict | None = N
     except MlflowException as error:
         raise AFDError(f"MLflow tracking at {uri} is unreachable ({str(error).splitlines()[0][:200]}); "
                        "outputs already written are kept: re-run to log them") from None
-    with run:
+    status = "FAILED"
+    try:
         if params:
             mlflow.log_params(flatten(params))
         yield run
+        status = "FINISHED"
+    except MlflowException as error:  # the server went away mid-run
+        raise AFDError(f"MLflow tracking at {uri} failed during run {run_name!r} "
+                       f"({str(error).splitlines()[0][:200]}); outputs already written are kept: "
+                       "re-run to log them") from None
+    finally:
+        try:
+            mlflow.end_run(status)
+        except MlflowException as error:  # unreachable server: the run stays open there
+            logging.getLogger(__name__).warning("MLflow run %r not closed at %s (%s)", run_name, uri,
+                                                str(error).splitlines()[0][:200])
