@@ -126,9 +126,17 @@ def retrain(
         record = record_evaluation(params, backbone, grids[backbone])
         receipts[backbone] = register(params, backbone, record)
 
-    if device_deployment:
+    if device_deployment:  # every backbone gets its chance even if one device fails
+        failures = []
         for backbone, receipt in receipts.items():
-            receipt["device"] = benchmark_on_device(backbone, receipt["version"], device_deployment, device_timeout_s)
+            state = benchmark_on_device(backbone, receipt["version"], device_deployment, device_timeout_s,
+                                        return_state=True)
+            if state.is_completed():
+                receipt["device"] = state.result()
+            else:
+                failures.append(state.message or f"{backbone}: {state.name}")
+        if failures:
+            raise AFDError("device benchmark failed (the registered models are kept):\n" + "\n".join(failures))
     return receipts
 
 
