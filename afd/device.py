@@ -14,7 +14,7 @@ import torch
 
 from .benchmark import benchmark_executorch, device_ratios
 from .errors import AFDError
-from .export import export_program, load_program
+from .export import load_program
 from .registry import CHAMPION, registered_name
 from .tracking import tracked_run, tracking_uri
 
@@ -45,16 +45,13 @@ def resolve_version(backbone: str, version: str | None = None):
 
 def fetch_programs(version, workdir: Path) -> dict[str, Path]:
     """The registered classifier and its comparison programs (registered with it under
-    `benchmark/`) as `.pt2` files in `workdir`, by role (see afd.benchmark.DEVICE_ROLES)."""
+    `benchmark/`) as `.pt2` files, by role (see afd.benchmark.DEVICE_ROLES)."""
     import mlflow
 
-    from .registry import load_registered
+    from .registry import registered_program
 
     workdir.mkdir(parents=True, exist_ok=True)
-    model = load_registered(f"models:/{version.name}/{version.version}")
-    example = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    programs = {"afd": workdir / "afd.pt2"}
-    torch.export.save(export_program(model, example), str(programs["afd"]))
+    programs = {"afd": registered_program(f"models:/{version.name}/{version.version}")}
     try:
         folder = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="benchmark",
                                                           dst_path=str(workdir)))
@@ -69,7 +66,7 @@ def run_benchmark(programs: dict[str, Path], workdir: Path, threads: int, warmup
                   progress=None) -> list[dict]:
     """Lower each program to ExecuTorch (XNNPACK) here and time it (see benchmark_executorch)."""
     loaded = {role: load_program(path) for role, path in programs.items()}
-    example = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))  # latency ignores values
     return benchmark_executorch(loaded, example, workdir, threads, warmup, repeats, progress)
 
 
@@ -83,22 +80,20 @@ def record_results(version, rows: list[dict], settings: dict, device: str) -> di
     import mlflow
 
     ratios = device_ratios(rows)
+    latencies = {f"{row['role']}.{key}": row[key] for row in rows for key in ("median_ms", "p90_ms")}
     tags = {f"{DEVICE_TAG}.name": device, f"{DEVICE_TAG}.threads": str(settings["threads"]),
-            f"{DEVICE_TAG}.runtime": "executorch-xnnpack"}
-    for row in rows:
-        tags[f"{DEVICE_TAG}.{row['role']}.median_ms"] = f"{row['median_ms']:.3f}"
-        tags[f"{DEVICE_TAG}.{row['role']}.p90_ms"] = f"{row['p90_ms']:.3f}"
-    tags.update({f"{DEVICE_TAG}.{key}": f"{value:.4f}" for key, value in ratios.items()})
-    metrics = {key.removeprefix(f"{DEVICE_TAG}."): float(value) for key, value in tags.items()
-               if key.endswith(("_ms", "_speedup", "_overhead", "_over_afd"))}
+            f"{DEVICE_TAG}.runtime": "executorch-xnnpack",
+            **{f"{DEVICE_TAG}.{key}": f"{value:.3f}" for key, value in latencies.items()},
+            **{f"{DEVICE_TAG}.{key}": f"{value:.4f}" for key, value in ratios.items()}}
+    metrics = {f"{DEVICE_TAG}.{key}": value for key, value in {**latencies, **ratios}.items()}
     client = _client()
     run_tags = {"stage": "device-benchmark", "model": version.name, "model_version": str(version.version),
                 "device": device}
     with tracked_run(f"device-benchmark@{version.name}-v{version.version}", settings, run_tags):
-        mlflow.log_metrics({f"device.{key}": value for key, value in metrics.items()})
+        mlflow.log_metrics(metrics)
         mlflow.log_dict({"device": device, "rows": rows, "ratios": ratios}, "device_benchmark.json")
         if getattr(version, "model_id", None):
-            mlflow.log_metrics({f"device.{key}": value for key, value in metrics.items()}, model_id=version.model_id)
+            mlflow.log_metrics(metrics, model_id=version.model_id)
     for key, value in tags.items():
         client.set_model_version_tag(version.name, version.version, key, value)
     return tags

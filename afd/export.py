@@ -23,9 +23,7 @@ EXPORT_TOLERANCE = 1e-4
 
 
 def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """`torch.export` of `model` in eval mode (an already exported module is exported as it is)."""
-    if isinstance(model, torch.fx.GraphModule):  # e.g. ExportedProgram.module(): no .eval() on those
-        return torch.export.export(model, (example,))
+    """`torch.export` of `model` in eval mode."""
     return torch.export.export(model.eval(), (example,))
 
 

@@ -134,12 +134,12 @@ def log_evaluation(params: dict, trained: TrainedMethods, record: dict) -> None:
         mlflow.log_dict(record, "evaluation.json")
 
 
-def comparison_programs(params: dict, backbone_name: str, example: torch.Tensor, out_dir: Path) -> dict[str, Path]:
+def comparison_programs(params: dict, backbone_name: str, backbone: SplitBackbone, tap: str, example: torch.Tensor,
+                        out_dir: Path) -> dict[str, Path]:
     """What the on-device benchmark compares the registered classifier with, as `.pt2` programs:
     the backbone alone, the backbone with the unfused (multi-branch) AFD, and the JAR baseline
     (ARCNN before the backbone; untrained when no ARCNN method was trained: latency does not
     depend on the weights)."""
-    backbone, tap = backbone_from_params(params, backbone_name)
     unfused, _ = load_enhancer(trained_model(backbone_name, "afd"))
     restorer = ARCNN()
     for name in params["train"]["methods"]:
@@ -180,7 +180,7 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
         differences = {"pte_max_abs_diff": check_export(model, run_executorch, pte, images[:1]),
                        "onnx_max_abs_diff": check_export(model, run_onnx, onnx, images)}
         mlflow.log_metrics(differences)
-        comparison_programs(params, backbone_name, images[:1], tmp / "benchmark")
+        comparison_programs(params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")
         registration = register_classifier(model, backbone_name, images[:2], scores, tags,
                                            attachments={"deploy": pte, "deploy/onnx": onnx,
                                                         "benchmark": tmp / "benchmark"})

@@ -22,11 +22,11 @@ def registered_name(backbone: str) -> str:
     return f"afd-{backbone}"
 
 
-def load_registered(uri: str) -> nn.Module:
-    """The classifier at a model URI such as models:/afd-efficientnet_lite0@champion, from the
-    tracking server in $MLFLOW_TRACKING_URI (default: the local mlflow.db), in inference form.
-    Only a `torch.export` program (`data/model.pt2`) is accepted: a pickled model, which would run
-    arbitrary code on load, is refused."""
+def registered_program(uri: str) -> Path:
+    """The `torch.export` program file (`data/model.pt2`) of the model at a URI such as
+    models:/afd-efficientnet_lite0@champion, downloaded from the tracking server in
+    $MLFLOW_TRACKING_URI (default: the local mlflow.db). A pickled model, which would run arbitrary
+    code on load, is refused."""
     import mlflow
 
     from .errors import AFDError
@@ -40,6 +40,14 @@ def load_registered(uri: str) -> nn.Module:
     program = local / "data" / "model.pt2"
     if not program.is_file():
         raise AFDError(f"{uri}: not a torch.export program (no data/model.pt2); refusing to unpickle a model")
+    return program
+
+
+def load_registered(uri: str) -> nn.Module:
+    """The classifier at a model URI (see `registered_program`), in inference form."""
+    from .errors import AFDError
+
+    program = registered_program(uri)
     try:
         return torch.export.load(str(program)).module()
     except (OSError, RuntimeError, ValueError) as error:
