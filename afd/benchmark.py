@@ -128,20 +128,21 @@ def benchmark_executorch(
     from .export import executorch_threads, export_executorch, load_executorch
 
     workdir = Path(workdir)
-    methods, rows = {}, {}
+    ptes, rows = {}, {}
     for role, program in programs.items():
         if progress is not None:
             progress(f"lowering {role} to ExecuTorch (XNNPACK)")
-        pte = export_executorch(program, example, workdir / f"{role}.pte")
+        ptes[role] = export_executorch(program, example, workdir / f"{role}.pte")
         module = program.module()
         rows[role] = {"role": role, "name": DEVICE_ROLES.get(role, role), "params": count_parameters(module),
-                      "macs": count_macs(module, (example,)), "pte_mb": pte.stat().st_size / 1e6}
-        methods[role] = load_executorch(pte)
+                      "macs": count_macs(module, (example,)), "pte_mb": ptes[role].stat().st_size / 1e6}
     inputs = [example.contiguous()]
-    with executorch_threads(threads):
-        latencies = measure_call_latencies([lambda m=m: m.execute(inputs) for m in methods.values()],
+    with executorch_threads(threads):  # methods load and go inside: they keep the pool they were loaded with
+        methods = [load_executorch(pte) for pte in ptes.values()]
+        latencies = measure_call_latencies([lambda m=m: m.execute(inputs) for m in methods],
                                            threads, warmup, repeats)
-    return [{**rows[role], **latency.to_dict()} for role, latency in zip(methods, latencies)]
+        del methods
+    return [{**rows[role], **latency.to_dict()} for role, latency in zip(ptes, latencies)]
 
 
 def device_ratios(rows: list[dict]) -> dict[str, float]:

@@ -43,14 +43,27 @@ def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
         raise AFDError(f"{path}: not a readable torch.export program ({str(error).splitlines()[0][:200]})") from None
 
 
+def static_program(program: torch.export.ExportedProgram, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`program` with every dimension fixed at `example`'s shape (a program that has none
+    dynamic is returned as it is)."""
+    if not program.range_constraints:
+        return program
+    return torch.export.export(program.module(), (example,))
+
+
 def export_executorch(
     model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor, path: str | os.PathLike
 ) -> Path:
-    """Lower `model` (or an exported program) to an ExecuTorch program with the XNNPACK delegate."""
+    """Lower `model` (or an exported program) to an ExecuTorch program with the XNNPACK delegate,
+    at `example`'s shape: a dynamic batch dimension (as in registered programs) is fixed first, so
+    every program a benchmark compares is planned the same way."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    exported = model if isinstance(model, torch.export.ExportedProgram) else export_program(model, example)
+    if isinstance(model, torch.export.ExportedProgram):
+        exported = static_program(model, example)
+    else:
+        exported = export_program(model, example)
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     with atomic_path(path) as tmp:
         tmp.write_bytes(program.buffer)
@@ -70,7 +83,9 @@ def run_executorch(path: str | os.PathLike, images: torch.Tensor) -> torch.Tenso
 
 @contextlib.contextmanager
 def executorch_threads(threads: int) -> Iterator[None]:
-    """XNNPACK's thread pool in ExecuTorch at `threads` (torch.set_num_threads does not reach it)."""
+    """XNNPACK's thread pool in ExecuTorch at `threads` (torch.set_num_threads does not reach it).
+    Load methods inside the block and drop them before it ends: an XNNPACK method keeps the pool
+    that was current when it was loaded, and replacing that pool leaves it a dangling pointer."""
     from executorch.extension.pybindings import portable_lib
 
     previous = portable_lib._threadpool_get_thread_count()
