@@ -15,15 +15,12 @@ run never leaves a half-written set behind for DVC to cache.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import posixpath
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -53,7 +50,7 @@ from afd.images import (
     resize_center_crop,
     to_tensor,
 )
-from afd.io import write_json
+from afd.io import atomic_dir, write_json
 from afd.samples import sample_photos
 
 log = logging.getLogger(__name__)
@@ -465,27 +462,6 @@ def _eval_records(clean_dir: str | os.PathLike) -> list[dict]:
 
 
 # ---- writing ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty hidden sibling folder; if the block succeeds it replaces `path` as a whole,
-    otherwise it is removed and `path` (old or absent) is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the set is an ordinary folder
-    try:
-        yield tmp
-        if path.exists() or path.is_symlink():
-            old = tmp.with_suffix(".old")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            old.unlink() if old.is_symlink() else shutil.rmtree(old)  # DVC may link outputs
-        else:
-            os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _set_id(prefix: str, index: int, total: int) -> str:
