@@ -10,6 +10,7 @@ import yaml
 from .errors import ConfigError
 
 SOURCE_KINDS = ("embedded", "folders")
+DEPLOY_FORMATS = ("executorch", "onnx")  # what `register` can attach, each checked against PyTorch
 
 
 def load_params(path: str = "params.yaml") -> dict:
@@ -73,6 +74,8 @@ def _check_data_params(params: dict, path: str) -> None:
     profile_key = f"profiles.{value('profile')}.patch_count"
     training_profile(params)  # the profile exists
     check(profile_key, lambda v: _int_in(v, 1), "an integer >= 1")
+    check("register.deploy_formats", lambda v: isinstance(v, list) and all(x in DEPLOY_FORMATS for x in v),
+          f"a list of formats among {', '.join(DEPLOY_FORMATS)}")
 
 
 def _int_in(v: Any, low: float, high: float = float("inf")) -> bool:

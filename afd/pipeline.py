@@ -154,8 +154,8 @@ def comparison_programs(params: dict, backbone_name: str, backbone: SplitBackbon
 
 
 def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dict:
-    """Register backbone + fused AFD as afd-<backbone> with its ExecuTorch and ONNX exports (each
-    checked against PyTorch) and the benchmark's comparison programs, then apply the promotion
+    """Register backbone + fused AFD as afd-<backbone> with its deploy exports (params
+    register.deploy_formats, each checked against PyTorch) and the benchmark's comparison programs, then apply the promotion
     gate to `evaluation` (an `evaluation_record`). Returns the receipt (name, version, alias, ...)."""
     from .registry import GateScores, register_classifier
 
@@ -174,15 +174,17 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
         import mlflow
 
         tmp = Path(tmp)
-        pte, onnx = tmp / f"afd-{backbone_name}.pte", tmp / f"afd-{backbone_name}.onnx"
-        export_executorch(model, images[:1], pte)
-        export_onnx(model, images[:1], onnx)
-        differences = {"pte_max_abs_diff": check_export(model, run_executorch, pte, images[:1]),
-                       "onnx_max_abs_diff": check_export(model, run_onnx, onnx, images)}
-        mlflow.log_metrics(differences)
+        formats = params["register"]["deploy_formats"]
+        attachments, differences = {"benchmark": tmp / "benchmark"}, {}
+        if "executorch" in formats:
+            attachments["deploy"] = export_executorch(model, images[:1], tmp / f"afd-{backbone_name}.pte")
+            differences["pte_max_abs_diff"] = check_export(model, run_executorch, attachments["deploy"], images[:1])
+        if "onnx" in formats:
+            attachments["deploy/onnx"] = export_onnx(model, images[:1], tmp / f"afd-{backbone_name}.onnx")
+            differences["onnx_max_abs_diff"] = check_export(model, run_onnx, attachments["deploy/onnx"], images)
+        if differences:
+            mlflow.log_metrics(differences)
         comparison_programs(params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")
-        registration = register_classifier(model, backbone_name, images[:2], scores, tags,
-                                           attachments={"deploy": pte, "deploy/onnx": onnx,
-                                                        "benchmark": tmp / "benchmark"})
+        registration = register_classifier(model, backbone_name, images[:2], scores, tags, attachments)
     return {"name": registration.name, "version": registration.version, "alias": registration.alias,
             "reason": registration.reason, "run_id": registration.run_id, **differences}

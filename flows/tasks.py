@@ -114,11 +114,15 @@ def record_evaluation(params: dict, backbone: str, grid: dict) -> dict:
 def register(params: dict, backbone: str, record: dict) -> dict:
     """Register backbone + fused AFD (with exports and comparison programs) and apply the gate."""
     receipt = register_backbone(params, backbone, record)
+    checks = {"ExecuTorch": receipt.get("pte_max_abs_diff"), "ONNX": receipt.get("onnx_max_abs_diff")}
+    checked = ", ".join(f"{name} max |Δ| {difference:.2e}" for name, difference in checks.items()
+                        if difference is not None)
     create_markdown_artifact(
         key=f"registration-{backbone.replace('_', '-')}",
         markdown=(f"`{receipt['name']}` version **{receipt['version']}** → **{receipt['alias']}**: "
-                  f"{receipt['reason']}.\n\nExports checked against PyTorch: ExecuTorch max |Δ| "
-                  f"{receipt['pte_max_abs_diff']:.2e}, ONNX max |Δ| {receipt['onnx_max_abs_diff']:.2e}."),
+                  f"{receipt['reason']}.\n\n"
+                  + (f"Exports checked against PyTorch: {checked}." if checked else
+                     "No deploy exports (params: register.deploy_formats).")),
         description=f"Registry entry of {backbone}")
     get_run_logger().info("%s version %s: %s (%s)", receipt["name"], receipt["version"], receipt["alias"],
                           receipt["reason"])

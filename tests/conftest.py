@@ -34,13 +34,14 @@ def tiny_params() -> dict:
     return params
 
 
-def make_tiny_project(root: Path) -> Path:
-    """A git + DVC copy of the project (code, dvc.yaml, prefect.yaml) with tiny params, committed."""
+def make_tiny_project(root: Path, params: dict | None = None) -> Path:
+    """A git + DVC copy of the project (code, dvc.yaml, prefect.yaml) with `params` (default: the
+    tiny ones), committed."""
     for name in ("afd", "stages", "flows"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", "prefect.yaml"):
         shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params()))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "init", "-q"], cwd=root, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)

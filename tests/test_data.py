@@ -417,6 +417,7 @@ def test_stage_scripts_build_the_layout(tmp_path):
         ({"profile": "fast"}, "unknown profile 'fast'; known: default, paper"),
         ({"sources.kind": "web"}, "sources.kind must be one of embedded, folders, got 'web'"),
         ({"sources.kind": "folders"}, "sources.train_dir must be a folder path"),
+        ({"register.deploy_formats": ["tflite"]}, "register.deploy_formats must be a list of formats among"),
     ],
 )
 def test_params_are_checked(tmp_path, changes, message):

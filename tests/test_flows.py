@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BACKBONE, make_tiny_project
+from conftest import BACKBONE, make_tiny_project, tiny_params
 
 from services.mlflow_server import start_mlflow
 from services.prefect_server import DEVICE_POOL, deploy_project, run_prefect, start_prefect, start_worker
@@ -49,7 +49,9 @@ def env(tmp_path_factory, prefect_server, flows_mlflow) -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, env) -> Path:
-    root = make_tiny_project(tmp_path_factory.mktemp("flow-project"))
+    params = tiny_params()
+    params["register"]["deploy_formats"] = []  # these tests read the registry, not the deploy files
+    root = make_tiny_project(tmp_path_factory.mktemp("flow-project"), params)
     deploy_project(root, env)
     return root
 
