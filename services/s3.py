@@ -12,8 +12,10 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .process import spawn
 
 # weed mini's listening ports; unset ones would fall back to fixed defaults and collide.
 _PORT_FLAGS = (
@@ -37,6 +39,8 @@ class S3Server:
     bucket: str
     process: subprocess.Popen
     log_path: Path
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def client_env(self) -> dict[str, str]:
         """Environment for boto3 / s3fs / DVC / MLflow clients of this server."""
@@ -56,6 +60,12 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop, then serve the same data on the same ports again (as after a crash)."""
+        self.stop()
+        self.process = spawn(self.command, self.env, self.log_path)
+        _wait_for_bucket(self, timeout)
 
 
 def weed_binary() -> str:
@@ -77,10 +87,8 @@ def start_s3(data_dir: Path, access_key: str, secret_key: str, bucket: str,
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
            "S3_BUCKET": bucket}
     log_path = data_dir / "weed.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, bucket, process, log_path)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, bucket,
+                      spawn(command, env, log_path), log_path, command, env)
     _wait_for_bucket(server, timeout)
     return server
 

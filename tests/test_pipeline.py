@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,11 +23,41 @@ from conftest import BACKBONE, make_tiny_project
 TRACKING_ENV: dict[str, str] = {}  # set by the repo fixture: MLFLOW_TRACKING_URI of the test server
 
 
+def dvc_env(extra: dict | None = None) -> dict:
+    return {**os.environ, **TRACKING_ENV, **(extra or {}),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def dvc(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **TRACKING_ENV, **(env or {}),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=dvc_env(env),
                           capture_output=True, text=True, timeout=600)
+
+
+def start_dvc(repo: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`dvc <args>` in the background, as its own process group (so it can be killed whole). Its
+    output goes to a file, never a pipe that could fill while the test waits (see `output_of`)."""
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=repo, env=dvc_env(env), text=True,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process.log = log
+    return process
+
+
+def output_of(process: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for a `start_dvc` process; its stdout and stderr."""
+    process.wait(timeout=timeout)
+    process.log.seek(0)
+    return process.log.read()
+
+
+def ran_stages(result: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
+
+
+def lock_outputs(repo: Path) -> dict[str, str]:
+    """Every stage output's md5 in dvc.lock, by path."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
 @pytest.fixture(scope="module")
@@ -160,20 +191,28 @@ def test_the_fused_classifier_is_registered_with_signature_exports_and_lineage(r
     assert (run_onnx(deploy / "onnx" / f"afd-{BACKBONE}.onnx", images) - model(images)).abs().max() < 1e-4
 
 
-def test_the_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one(repo, tmp_path):
+@pytest.fixture(scope="module")
+def classifier(repo):
+    """The fused classifier of the tiny run and two of its evaluation images, for direct registrations."""
+    from afd.backbones import build_backbone
+    from afd.classifier import EnhancedClassifier
+    from afd.images import load_image, to_batch
+
+    module, _ = load_enhancer(repo / "models" / BACKBONE / "afd" / "fused.pt")
+    model = EnhancedClassifier(build_backbone(BACKBONE), module, "stem").eval()
+    images = to_batch([load_image(p) for p in sorted((repo / "data" / "eval" / "clean").glob("*.png"))[:2]])
+    return model, images
+
+
+def test_the_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one(repo, classifier, tmp_path):
     import mlflow
 
-    from afd.backbones import build_backbone
-    from afd.checkpoint import load_enhancer
-    from afd.classifier import EnhancedClassifier
     from afd.images import load_image, to_batch
     from afd.registry import GateScores, register_classifier
 
     mlflow.set_tracking_uri(TRACKING_ENV["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment("afd-gate-test")
-    module, _ = load_enhancer(repo / "models" / BACKBONE / "afd" / "fused.pt")
-    model = EnhancedClassifier(build_backbone(BACKBONE), module, "stem").eval()
-    images = to_batch([load_image(p) for p in sorted((repo / "data" / "eval" / "clean").glob("*.png"))[:2]])
+    model, images = classifier
     name = f"afd-{BACKBONE}"
 
     def register(score):
@@ -206,6 +245,35 @@ def test_the_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse
     with torch.no_grad():
         expected_class = int(model(to_batch([load_image(coffee)])).argmax())
     assert f": {expected_class} " in cli.stdout
+
+
+def test_a_registration_failing_halfway_keeps_the_champion(repo, classifier, monkeypatch):
+    """The registry fails after the new version exists, while it is being tagged: a model that
+    would have been promoted is left without an alias, and the champion stays where it was."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from afd.registry import GateScores, register_classifier
+
+    mlflow.set_tracking_uri(TRACKING_ENV["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment("afd-gate-test")
+    model, images = classifier
+    name = f"afd-{BACKBONE}"
+    champion = json.loads((repo / "metrics" / "register" / f"{BACKBONE}.json").read_text())["version"]
+    client().set_registered_model_alias(name, "champion", champion)  # the pipeline's version, whatever the gate said
+    before = {v.version for v in client().search_model_versions(f"name='{name}'")}
+
+    def failing_tag(*args, **kwargs):
+        raise MlflowException("injected: the registry stopped answering")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", failing_tag)
+    with pytest.raises(MlflowException, match="injected"), mlflow.start_run():
+        register_classifier(model, BACKBONE, images, GateScores(0.99, 0.5, 0.9, 0.8), {"test": "halfway"})
+    monkeypatch.undo()
+    half_registered = {v.version for v in client().search_model_versions(f"name='{name}'")} - before
+    assert len(half_registered) == 1  # the failure really came after the version was created
+    assert client().get_model_version(name, half_registered.pop()).aliases == []
+    assert client().get_model_version_by_alias(name, "champion").version == champion
 
 
 def test_dvc_push_then_pull_into_a_fresh_clone_restores_identical_outputs(repo, s3_server, tmp_path):
@@ -255,6 +323,60 @@ def test_wrong_s3_credentials_reading_data_give_a_clear_error(s3_server, monkeyp
     assert "wrong-secret" not in str(error.value)
 
 
+def test_s3_lost_during_dvc_push_and_an_artifact_upload_is_a_clear_error_and_a_retry_completes(
+        repo, s3_server, mlflow_server, tmp_path, monkeypatch):
+    """SeaweedFS stops while `dvc push` uploads and while MLflow stores an artifact in it: each
+    fails naming the endpoint, and each completes once the server is back. AWS_MAX_ATTEMPTS=1 and
+    no MLflow retries make the failures immediate (botocore's default retries take ~8 s a file)."""
+    import mlflow
+    import s3fs
+
+    from afd.errors import AFDError
+    from afd.tracking import tracked_run
+    from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+
+    assert dvc(repo, "remote", "add", "faulty", "s3://afd/dvc-fault").returncode == 0
+    assert dvc(repo, "remote", "modify", "faulty", "endpointurl", s3_server.endpoint).returncode == 0
+    for key, value in (("access_key_id", TEST_ACCESS_KEY), ("secret_access_key", TEST_SECRET_KEY)):
+        assert dvc(repo, "remote", "modify", "--local", "faulty", key, value).returncode == 0
+    bucket = s3fs.S3FileSystem(key=TEST_ACCESS_KEY, secret=TEST_SECRET_KEY,
+                               client_kwargs={"endpoint_url": s3_server.endpoint}, skip_instance_cache=True)
+
+    def uploaded() -> int:
+        bucket.invalidate_cache()
+        return len(bucket.find("afd/dvc-fault"))
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    artifact = tmp_path / "evaluation.json"
+    artifact.write_text("{}")
+    push = start_dvc(repo, "push", "-r", "faulty", env={"AWS_MAX_ATTEMPTS": "1"})
+    while push.poll() is None and not uploaded():
+        time.sleep(0.01)
+    push.send_signal(signal.SIGSTOP)  # holds the client, so the server goes away mid-push
+    assert push.poll() is None, "the push finished before the server could be stopped"
+    s3_server.stop()
+    push.send_signal(signal.SIGCONT)
+    try:
+        pushed_output = output_of(push)
+        with pytest.raises(AFDError, match=f"MLflow tracking at {mlflow_server.url} failed during run"):
+            with tracked_run("artifact-upload-fault"):
+                mlflow.log_artifact(str(artifact))
+    finally:
+        s3_server.restart()
+    assert push.returncode != 0
+    assert "ERROR: failed to transfer" in pushed_output  # DVC names each object it could not upload
+    assert f'Could not connect to the endpoint URL: "{s3_server.endpoint}/afd/dvc-fault/' in pushed_output
+    assert "Traceback" not in pushed_output
+
+    retried = dvc(repo, "push", "-r", "faulty")
+    assert retried.returncode == 0 and "pushed" in retried.stdout, retried.stderr
+    assert "in sync" in dvc(repo, "status", "--cloud", "-r", "faulty").stdout
+    with tracked_run("artifact-upload-retry") as run:
+        mlflow.log_artifact(str(artifact))
+    assert [a.path for a in client().list_artifacts(run.info.run_id)] == ["evaluation.json"]
+
+
 def test_no_secret_reaches_a_committed_file_a_report_or_mlflow(repo):
     from conftest import TEST_SECRET_KEY
 
@@ -265,16 +387,91 @@ def test_no_secret_reaches_a_committed_file_a_report_or_mlflow(repo):
         assert TEST_SECRET_KEY not in json.dumps({**run.data.tags, **run.data.params})
 
 
+@pytest.fixture(scope="module")
+def second(tmp_path_factory, repo) -> Path:
+    """A second copy of the project, same params and seed: a run of it, hit by faults on the way,
+    must end where `repo`'s uninterrupted one did."""
+    return make_tiny_project(tmp_path_factory.mktemp("second"))
+
+
+def test_a_stage_killed_mid_write_leaves_no_partial_output_for_dvc(repo, second):
+    """SIGKILL `dvc repro` while a set's files are being written: the output path holds nothing,
+    DVC records nothing, and the next repro rebuilds the set and clears the killed writer's files."""
+    output = second / "data" / "eval" / "avif_q25"
+    run = start_dvc(second, "repro", "eval_avif@25")
+    deadline, partial = time.time() + 300, []
+    while run.poll() is None and not partial and time.time() < deadline:
+        try:
+            partial = [folder for folder in output.parent.glob(".avif_q25.*.tmp") if any(folder.iterdir())]
+        except FileNotFoundError:  # renamed into place between the listing and the look inside
+            pass
+        time.sleep(0.002)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert partial, "the stage ended before it could be killed mid-write"
+    assert not output.exists()
+    assert "eval_avif@25" not in yaml.safe_load((second / "dvc.lock").read_text())["stages"]
+    assert "eval_avif@25" in dvc(second, "status", "eval_avif@25").stdout  # still to run
+
+    finished = dvc(second, "repro", f"evaluate@{BACKBONE}")
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert sorted(p.name for p in output.parent.iterdir() if p.name.startswith(".avif_q25")) == []
+    assert lock_outputs(second)["data/eval/avif_q25"] == lock_outputs(repo)["data/eval/avif_q25"]
+
+
+def test_the_same_params_and_seed_give_bit_identical_data_models_and_metrics(repo, second):
+    ours, theirs = lock_outputs(repo), lock_outputs(second)
+    shared = set(ours) & set(theirs)
+    assert {"data/div2k_c/clean", "data/eval/jpeg_q7", f"models/{BACKBONE}/afd/model.pt",
+            f"models/{BACKBONE}/afd/fused.pt", f"metrics/eval/{BACKBONE}.json"} <= shared
+    assert {path: theirs[path] for path in shared} == {path: ours[path] for path in shared}
+    assert metrics(second) == metrics(repo)
+
+
+def test_a_tracking_server_lost_during_registration_keeps_the_model_and_the_next_repro_registers_it(
+        second, mlflow_server):
+    name = f"afd-{BACKBONE}"
+    fused = f"models/{BACKBONE}/afd/fused.pt"
+    versions = len(client().search_model_versions(f"name='{name}'"))
+    params = yaml.safe_load((second / "params.yaml").read_text())
+    params["register"]["deploy_formats"] = []  # `repo` checks the exports; here they would only cost time
+    (second / "params.yaml").write_text(yaml.safe_dump(params))
+    run = start_dvc(second, "repro", f"register@{BACKBONE}", env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    experiment = client().get_experiment_by_name("afd").experiment_id
+    started = f"attributes.run_name = 'register@{BACKBONE}' AND attributes.status = 'RUNNING'"
+    while run.poll() is None and not client().search_runs([experiment], started):
+        time.sleep(0.2)
+    mlflow_server.stop()
+    try:
+        output = output_of(run)
+    finally:
+        mlflow_server.restart()
+    assert run.returncode != 0
+    assert f"MLflow tracking at {mlflow_server.url} failed during run 'register@{BACKBONE}'" in output, output
+    assert "Traceback" not in output
+    assert fused in lock_outputs(second) and (second / fused).is_file()  # the trained model is kept
+    assert dvc(second, "status", f"fuse@{BACKBONE}-afd").stdout.strip().startswith("Data and pipelines are up to date")
+
+    rerun = dvc(second, "repro", f"register@{BACKBONE}")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert ran_stages(rerun) == {f"register@{BACKBONE}"}  # nothing retrained
+    receipt = json.loads((second / "metrics" / "register" / f"{BACKBONE}.json").read_text())
+    assert len(client().search_model_versions(f"name='{name}'")) > versions
+    version = client().get_model_version(name, receipt["version"])
+    assert version.tags[f"dvc.{fused}"] == lock_outputs(second)[fused]
+
+
 def test_repro_is_incremental(repo):
     """Runs last: it changes params. Nothing to do after a repro; one QF changed re-runs only its
-    own set and what reads it."""
+    own set and what reads it (repro'd up to the evaluation; `status` names the rest)."""
     again = dvc(repo, "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["eval_sets"]["avif_qualities"] = [20]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    rerun = dvc(repo, "repro")
+    rerun = dvc(repo, "repro", f"evaluate@{BACKBONE}")
     assert rerun.returncode == 0, rerun.stderr
-    ran = {line.split("'")[1] for line in rerun.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"eval_avif@20", f"evaluate@{BACKBONE}", f"register@{BACKBONE}", "report"}
+    assert ran_stages(rerun) == {"eval_avif@20", f"evaluate@{BACKBONE}"}
     assert set(metrics(repo)["grid"]["direct"]) == {"clean", "jpeg_q25", "jpeg_q7", "multi_ct1", "multi_ct2", "avif_q20"}
+    stale = {line.rstrip(":") for line in dvc(repo, "status").stdout.splitlines() if line and not line[0].isspace()}
+    assert stale == {f"register@{BACKBONE}", "report"}
