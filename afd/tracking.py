@@ -8,7 +8,6 @@ secret is ever logged: parameters come from params.yaml, tags from git, dvc.lock
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import subprocess
@@ -18,6 +17,7 @@ from typing import Iterator
 import yaml
 
 from .errors import AFDError
+from .io import file_sha256
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "afd"
@@ -50,14 +50,6 @@ def dvc_lock_hashes(paths: list[str | os.PathLike], lock_file: str | os.PathLike
             if out["path"] in wanted:
                 hashes[out["path"]] = out.get("md5", "")
     return hashes
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lineage_tags(backbone: str, weights_file: str | os.PathLike | None, data_paths: list) -> dict[str, str]:

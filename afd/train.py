@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .errors import ConfigError
 from .images import GRID, load_image, to_tensor
-from .io import atomic_torch_save
+from .io import atomic_torch_save, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,12 @@ class PatchPairs:
         self.set_names = sorted(self.degraded)
 
     def fingerprint(self) -> str:
-        """Changes when any file of the training data changes (name, size or mtime)."""
+        """Changes when the training data does: each file's set, name and content. Not its mtime
+        or folder, so a checkpoint resumes after a `dvc pull` or in another checkout."""
         digest = hashlib.sha256()
-        for path in self.clean + [p for name in self.set_names for p in self.degraded[name]]:
-            stat = os.stat(path)
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        for name, paths in [("clean", self.clean), *((name, self.degraded[name]) for name in self.set_names)]:
+            for path in paths:
+                digest.update(f"{name}/{Path(path).name}:{file_sha256(path)}\n".encode())
         return digest.hexdigest()
 
     def batch(self, step: int, seed: int, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:

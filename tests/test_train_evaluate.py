@@ -1,7 +1,11 @@
 """Training (resume, determinism, learning) and the evaluation grid's metrics, on tiny real data."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 from afd.backbones import build_backbone
 from afd.compress import jpeg
@@ -94,6 +98,31 @@ def test_killed_training_resumes_to_the_same_weights(method_name, backbone, patc
 def test_a_checkpoint_of_another_configuration_is_not_resumed(backbone, patch_files, tmp_path):
     run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))
     _, result = run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=4, lr=5e-4))
+    assert result.resumed_from == 0
+
+
+def test_a_checkpoint_resumes_on_the_same_data_elsewhere_but_not_on_changed_data(backbone, patch_files, tmp_path):
+    """Like a `dvc pull` into another checkout: the same files in a new folder, with new mtimes,
+    resume the interrupted run; one patch's content changed starts it over."""
+    clean, degraded = patch_files
+
+    def stop_at_step_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("afd", backbone, patch_files, tmp_path / "s.pt", config(), on_log=stop_at_step_3)
+
+    def copy(paths):
+        (tmp_path / "pulled").mkdir(exist_ok=True)
+        return [Path(shutil.copy(path, tmp_path / "pulled" / path.name)) for path in paths]
+
+    pulled = (copy(clean), {name: copy(paths) for name, paths in degraded.items()})
+    _, result = run("afd", backbone, pulled, tmp_path / "s.pt", config())
+    assert result.resumed_from == 2
+
+    Image.open(pulled[0][0]).rotate(90).save(pulled[0][0])
+    _, result = run("afd", backbone, pulled, tmp_path / "s.pt", config())
     assert result.resumed_from == 0
 
 
