@@ -50,6 +50,27 @@ def make_tiny_project(root: Path, params: dict | None = None) -> Path:
     return root
 
 
+CREDENTIALS = (TEST_ACCESS_KEY.encode(), TEST_SECRET_KEY.encode())
+
+
+def files_holding_credentials(*roots: Path, allowed: tuple[Path, ...] = ()) -> list[Path]:
+    """Every file under `roots` (logs, databases, outputs) whose bytes contain a test credential,
+    except the `allowed` ones (where a user is meant to keep keys)."""
+    return [path for root in roots for path in root.rglob("*")
+            if path.is_file() and not path.is_symlink() and path not in allowed
+            and any(secret in path.read_bytes() for secret in CREDENTIALS)]
+
+
+def objects_holding_credentials(s3) -> list[str]:
+    """Every object in the S3 server's bucket (DVC remotes, MLflow artifacts) that contains a test
+    credential, read back through S3 (the server may store them compressed)."""
+    import s3fs
+
+    bucket = s3fs.S3FileSystem(key=s3.access_key, secret=s3.secret_key, skip_instance_cache=True,
+                               client_kwargs={"endpoint_url": s3.endpoint})
+    return [key for key in bucket.find(s3.bucket) if any(secret in bucket.cat_file(key) for secret in CREDENTIALS)]
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     server = start_s3(tmp_path_factory.mktemp("seaweedfs"), TEST_ACCESS_KEY, TEST_SECRET_KEY, BUCKET)

@@ -48,6 +48,12 @@ def env(tmp_path_factory, prefect_server, flows_mlflow) -> dict:
 
 
 @pytest.fixture(scope="module")
+def training_env(env, s3_server) -> dict:
+    """The training machine also holds S3 keys (for `dvc pull` / `push`); they must stay there."""
+    return {**env, **s3_server.client_env()}
+
+
+@pytest.fixture(scope="module")
 def project(tmp_path_factory, env) -> Path:
     params = tiny_params()
     params["register"]["deploy_formats"] = []  # these tests read the registry, not the deploy files
@@ -67,6 +73,7 @@ def device_worker(project, env, tmp_path_factory):
 
 
 def run_retrain(project: Path, env: dict, **parameters) -> tuple[subprocess.CompletedProcess, float]:
+    """The retraining flow in a process of its own; its output is also kept in PREFECT_HOME."""
     script = ("import json, sys; from flows.retrain import retrain; "
               "result = retrain(**json.loads(sys.argv[1]), return_state=True); "
               "print('FLOW_RUN_STATE', result.type.value); "
@@ -74,6 +81,8 @@ def run_retrain(project: Path, env: dict, **parameters) -> tuple[subprocess.Comp
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-c", script, json.dumps(parameters)], cwd=project, env=env,
                             capture_output=True, text=True, timeout=900)
+    with open(Path(env["PREFECT_HOME"]) / "retrain-runs.log", "a") as log:
+        log.write(result.stdout + result.stderr)
     return result, time.monotonic() - start
 
 
@@ -137,9 +146,9 @@ def dask_cluster(project, env, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def first_run(project, env, device_worker) -> dict:
+def first_run(project, training_env, device_worker) -> dict:
     """The retraining flow with the device worker up."""
-    result, _ = run_retrain(project, env, device_timeout_s=600)
+    result, _ = run_retrain(project, training_env, device_timeout_s=600)
     assert "FLOW_RUN_STATE COMPLETED" in result.stdout, result.stdout[-4000:] + result.stderr[-8000:]
     return json.loads(result.stdout.split("RESULT ", 1)[1])
 
@@ -223,7 +232,7 @@ def test_each_run_publishes_the_grid_and_efficiency_tables(first_run, env):
     assert "backbone + AFD (fused)" in artifacts["device-benchmark-efficientnet-lite0"].data
 
 
-def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(first_run, project, env,
+def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(first_run, project, env, training_env,
                                                                                  device_worker, dask_cluster):
     """Also: the grid runs on the Dask scheduler named by `dask_address`, and unchanged cells come
     from the cache."""
@@ -240,7 +249,7 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
     champion_before = champion()
     device_worker.stop()
     timeout = 20
-    result, _ = run_retrain(project, env, device_timeout_s=timeout, dask_address=dask_cluster)
+    result, _ = run_retrain(project, training_env, device_timeout_s=timeout, dask_address=dask_cluster)
     assert "FLOW_RUN_STATE FAILED" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     assert "no worker of 'afd-device-benchmark/edge'" in result.stdout + result.stderr
 
@@ -279,3 +288,27 @@ def test_the_scheduler_queues_the_next_weekly_run(project, env):
     for run in queued:
         start = run.expected_start_time
         assert (start.weekday(), start.hour, start.minute) == (0, 3, 0)  # Mondays 03:00 UTC
+
+
+def test_no_credential_reaches_a_prefect_log_an_artifact_or_a_file(first_run, project, env, prefect_server,
+                                                                     flows_mlflow, device_worker):
+    """The training runs had the S3 keys in their environment: no log line, artifact or run
+    parameter on the Prefect server holds them, nor any file of the project, the servers, the
+    device worker or the flow processes' output."""
+    from prefect.client.orchestration import get_client
+
+    from conftest import CREDENTIALS, files_holding_credentials
+
+    with prefect_settings(env), get_client(sync_client=True) as client:
+        logs = []
+        while page := client.read_logs(limit=200, offset=len(logs)):
+            logs += page
+        artifacts = client.read_artifacts()
+        runs = client.read_flow_runs()
+    text = "\n".join([log.message for log in logs] + [str(artifact.data) for artifact in artifacts]
+                     + [json.dumps(run.parameters, default=str) for run in runs])
+    assert "Finished in state Completed" in text and len(artifacts) >= 4  # really the runs' records
+    assert not [secret for secret in CREDENTIALS if secret.decode() in text]
+    roots = (project, Path(env["PREFECT_HOME"]), prefect_server.log_path.parent, flows_mlflow.log_path.parent,
+             device_worker.log_path.parent)
+    assert files_holding_credentials(*roots) == []
