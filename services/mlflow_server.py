@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .process import ServiceProcess, spawn, wait_until_healthy
+from .process import ServiceProcess, wait_until_healthy
 from .s3 import S3Server, free_port
 
 
 @dataclass
 class MlflowServer(ServiceProcess):
     url: str = ""
-    command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
 
-    def restart(self, timeout: float = 90.0) -> None:
-        """Stop, then serve again from the same store, on the same port (as after a crash)."""
-        self.stop()
-        self.process = spawn(self.command, self.env, self.log_path)
+    def wait_until_ready(self, timeout: float) -> None:
         wait_until_healthy(self, "mlflow server", f"{self.url}/health", timeout)
 
 
@@ -38,8 +33,7 @@ def start_mlflow(state_dir: Path, s3: S3Server, port: int | None = None, timeout
     ]
     env = {**os.environ, **s3.client_env()}
     log_path = state_dir / "mlflow.log"
-    server = MlflowServer(spawn(command, env, log_path), log_path, url=f"http://127.0.0.1:{port}",
-                          command=command, env=env)
-    wait_until_healthy(server, "mlflow server", f"{server.url}/health", timeout)
+    server = MlflowServer.launch(command, env, log_path, url=f"http://127.0.0.1:{port}")
+    server.wait_until_ready(timeout)
     return server
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .process import ServiceProcess, spawn, wait_until_healthy
+from .process import ServiceProcess, wait_until_healthy
 from .s3 import free_port
 
 TRAINING_POOL, DEVICE_POOL = "afd-training", "edge-devices"
@@ -34,6 +34,9 @@ class PrefectServer(ServiceProcess):
 
     def client_env(self) -> dict[str, str]:
         return {"PREFECT_API_URL": self.api_url}
+
+    def wait_until_ready(self, timeout: float) -> None:
+        wait_until_healthy(self, "prefect server", f"{self.api_url}/health", timeout)
 
 
 def prefect_command(*args: str) -> list[str]:
@@ -56,9 +59,9 @@ def start_prefect(state_dir: Path, port: int | None = None, timeout: float = 120
     port = port or free_port()
     log_path = state_dir / "prefect-server.log"
     command = prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port))
-    server = PrefectServer(spawn(command, {**os.environ, **server_env(state_dir)}, log_path), log_path,
-                           url=f"http://127.0.0.1:{port}")
-    wait_until_healthy(server, "prefect server", f"{server.api_url}/health", timeout)
+    server = PrefectServer.launch(command, {**os.environ, **server_env(state_dir)}, log_path,
+                                  url=f"http://127.0.0.1:{port}")
+    server.wait_until_ready(timeout)
     return server
 
 
@@ -87,4 +90,4 @@ def start_worker(pool: str, env: dict, log_dir: Path, name: str | None = None, p
     log_path = log_dir / f"{name}.log"
     command = prefect_command("worker", "start", "--pool", pool, "--type", "process", "--name", name)
     worker_env = {**os.environ, **env, "PREFECT_WORKER_QUERY_SECONDS": str(poll_seconds)}
-    return Worker(spawn(command, worker_env, log_path, cwd), log_path, name=name)
+    return Worker.launch(command, worker_env, log_path, cwd, name=name)

@@ -1,4 +1,5 @@
-"""A service or worker started as its own process group, logged to a file, stopped as a group."""
+"""A service or worker started as its own process group, logged to a file, stopped as a group,
+and restartable from the command that started it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -14,6 +15,14 @@ from pathlib import Path
 class ServiceProcess:
     process: subprocess.Popen
     log_path: Path
+    command: list[str] = field(default_factory=list)  # what started it, for restart()
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+    @classmethod
+    def launch(cls, command: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None, **fields):
+        """Start `command` as its own process group, logged to `log_path` (not waiting for it)."""
+        return cls(spawn(command, env, log_path, cwd), log_path, command, env, cwd, **fields)
 
     def stop(self) -> None:
         """SIGTERM to the whole group (servers fork workers), SIGKILL after 20 s."""
@@ -24,6 +33,15 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Stop, then run the same command again: same ports, same data (as after a crash)."""
+        self.stop()
+        self.process = spawn(self.command, self.env, self.log_path, self.cwd)
+        self.wait_until_ready(timeout)
+
+    def wait_until_ready(self, timeout: float) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no readiness check")
 
 
 def spawn(command: list[str], env: dict, log_path: Path, cwd: Path | None = None) -> subprocess.Popen:

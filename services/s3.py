@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .process import spawn
+from .process import ServiceProcess
 
 # weed mini's listening ports; unset ones would fall back to fixed defaults and collide.
 _PORT_FLAGS = (
@@ -32,15 +31,11 @@ def free_port() -> int:
 
 
 @dataclass
-class S3Server:
-    endpoint: str
-    access_key: str
-    secret_key: str
-    bucket: str
-    process: subprocess.Popen
-    log_path: Path
-    command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+class S3Server(ServiceProcess):
+    endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    bucket: str = ""
 
     def client_env(self) -> dict[str, str]:
         """Environment for boto3 / s3fs / DVC / MLflow clients of this server."""
@@ -52,20 +47,36 @@ class S3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def filesystem(self):
+        """An s3fs client of this server, not shared with earlier ones (no cached listings)."""
+        import s3fs
 
-    def restart(self, timeout: float = 60.0) -> None:
-        """Stop, then serve the same data on the same ports again (as after a crash)."""
+        return s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key, skip_instance_cache=True,
+                                 client_kwargs={"endpoint_url": self.endpoint})
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Until the bucket answers; RuntimeError naming the log if it does not in time."""
+        import botocore.session
+        from botocore.config import Config
+
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+        deadline = time.monotonic() + timeout
+        last_error = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"SeaweedFS exited with status {self.process.returncode}; see {self.log_path}")
+            try:
+                client.head_bucket(Bucket=self.bucket)
+                return
+            except Exception as error:  # not up yet: connection refused, bucket not created yet, ...
+                last_error = error
+                time.sleep(0.5)
         self.stop()
-        self.process = spawn(self.command, self.env, self.log_path)
-        _wait_for_bucket(self, timeout)
+        raise RuntimeError(f"SeaweedFS did not serve bucket {self.bucket} within {timeout:.0f} s ({last_error}); "
+                           f"see {self.log_path}")
 
 
 def weed_binary() -> str:
@@ -86,32 +97,7 @@ def start_s3(data_dir: Path, access_key: str, secret_key: str, bucket: str,
                "-admin.ui=false", *(f"-{flag}={value}" for flag, value in ports.items())]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
            "S3_BUCKET": bucket}
-    log_path = data_dir / "weed.log"
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, bucket,
-                      spawn(command, env, log_path), log_path, command, env)
-    _wait_for_bucket(server, timeout)
+    server = S3Server.launch(command, env, data_dir / "weed.log", endpoint=f"http://127.0.0.1:{ports['s3.port']}",
+                             access_key=access_key, secret_key=secret_key, bucket=bucket)
+    server.wait_until_ready(timeout)
     return server
-
-
-def _wait_for_bucket(server: S3Server, timeout: float) -> None:
-    import botocore.session
-    from botocore.config import Config
-
-    client = botocore.session.get_session().create_client(
-        "s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited with status {server.process.returncode}; see {server.log_path}")
-        try:
-            client.head_bucket(Bucket=server.bucket)
-            return
-        except Exception as error:  # not up yet: connection refused, bucket not created yet, ...
-            last_error = error
-            time.sleep(0.5)
-    server.stop()
-    raise RuntimeError(f"SeaweedFS did not serve bucket {server.bucket} within {timeout:.0f} s ({last_error}); "
-                       f"see {server.log_path}")

@@ -64,10 +64,7 @@ def files_holding_credentials(*roots: Path, allowed: tuple[Path, ...] = ()) -> l
 def objects_holding_credentials(s3) -> list[str]:
     """Every object in the S3 server's bucket (DVC remotes, MLflow artifacts) that contains a test
     credential, read back through S3 (the server may store them compressed)."""
-    import s3fs
-
-    bucket = s3fs.S3FileSystem(key=s3.access_key, secret=s3.secret_key, skip_instance_cache=True,
-                               client_kwargs={"endpoint_url": s3.endpoint})
+    bucket = s3.filesystem()
     return [key for key in bucket.find(s3.bucket) if any(secret in bucket.cat_file(key) for secret in CREDENTIALS)]
 
 

@@ -329,7 +329,6 @@ def test_s3_lost_during_dvc_push_and_an_artifact_upload_is_a_clear_error_and_a_r
     fails naming the endpoint, and each completes once the server is back. AWS_MAX_ATTEMPTS=1 and
     no MLflow retries make the failures immediate (botocore's default retries take ~8 s a file)."""
     import mlflow
-    import s3fs
 
     from afd.errors import AFDError
     from afd.tracking import tracked_run
@@ -339,8 +338,7 @@ def test_s3_lost_during_dvc_push_and_an_artifact_upload_is_a_clear_error_and_a_r
     assert dvc(repo, "remote", "modify", "faulty", "endpointurl", s3_server.endpoint).returncode == 0
     for key, value in (("access_key_id", TEST_ACCESS_KEY), ("secret_access_key", TEST_SECRET_KEY)):
         assert dvc(repo, "remote", "modify", "--local", "faulty", key, value).returncode == 0
-    bucket = s3fs.S3FileSystem(key=TEST_ACCESS_KEY, secret=TEST_SECRET_KEY,
-                               client_kwargs={"endpoint_url": s3_server.endpoint}, skip_instance_cache=True)
+    bucket = s3_server.filesystem()
 
     def uploaded() -> int:
         bucket.invalidate_cache()
