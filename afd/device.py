@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .benchmark import benchmark_executorch, device_ratios
-from .errors import AFDError
+from .errors import AFDError, first_line
 from .export import load_program
 from .registry import CHAMPION, registered_name
 from .tracking import tracked_run, tracking_uri
@@ -40,7 +40,7 @@ def resolve_version(backbone: str, version: str | None = None):
     except MlflowException as error:
         which = f"version {version}" if version else f"@{CHAMPION}"
         raise AFDError(f"models:/{name} {which}: not found at {tracking_uri()} "
-                       f"({str(error).splitlines()[0][:200]})") from None
+                       f"({first_line(error)})") from None
 
 
 def fetch_programs(version, workdir: Path) -> dict[str, Path]:
@@ -57,7 +57,7 @@ def fetch_programs(version, workdir: Path) -> dict[str, Path]:
                                                           dst_path=str(workdir)))
     except Exception as error:  # MlflowException, or an OSError from the artifact proxy
         raise AFDError(f"models:/{version.name}/{version.version}: cannot download its benchmark programs "
-                       f"({str(error).splitlines()[0][:200]})") from None
+                       f"({first_line(error)})") from None
     programs.update({path.stem: path for path in sorted(folder.glob("*.pt2"))})
     return programs
 

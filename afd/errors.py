@@ -20,3 +20,10 @@ class WeightsNotFoundError(AFDError):
 
 class ConfigError(AFDError):
     """A parameter (backbone name, tap, quality factor, ...) has an invalid value."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of a library error's message, cut at `limit` characters, to quote in ours
+    (the error's type when its message is empty)."""
+    lines = str(error).splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]

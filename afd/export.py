@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import AFDError
+from .errors import AFDError, first_line
 from .io import atomic_path
 
 EXPORT_TOLERANCE = 1e-4
@@ -40,7 +40,7 @@ def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
     try:
         return torch.export.load(str(path))
     except (OSError, RuntimeError, ValueError) as error:
-        raise AFDError(f"{path}: not a readable torch.export program ({str(error).splitlines()[0][:200]})") from None
+        raise AFDError(f"{path}: not a readable torch.export program ({first_line(error)})") from None
 
 
 def static_program(program: torch.export.ExportedProgram, example: torch.Tensor) -> torch.export.ExportedProgram:

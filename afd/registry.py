@@ -29,14 +29,14 @@ def registered_program(uri: str) -> Path:
     code on load, is refused."""
     import mlflow
 
-    from .errors import AFDError
+    from .errors import AFDError, first_line
     from .tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
         local = Path(mlflow.artifacts.download_artifacts(uri))
     except Exception as error:  # MlflowException, or an OSError / HTTP error from the artifact store
-        raise AFDError(f"{uri}: cannot load it from {tracking_uri()} ({str(error).splitlines()[0][:300]})") from None
+        raise AFDError(f"{uri}: cannot load it from {tracking_uri()} ({first_line(error, 300)})") from None
     program = local / "data" / "model.pt2"
     if not program.is_file():
         raise AFDError(f"{uri}: not a torch.export program (no data/model.pt2); refusing to unpickle a model")
@@ -45,13 +45,13 @@ def registered_program(uri: str) -> Path:
 
 def load_registered(uri: str) -> nn.Module:
     """The classifier at a model URI (see `registered_program`), in inference form."""
-    from .errors import AFDError
+    from .errors import AFDError, first_line
 
     program = registered_program(uri)
     try:
         return torch.export.load(str(program)).module()
     except (OSError, RuntimeError, ValueError) as error:
-        raise AFDError(f"{uri}: unreadable torch.export program ({str(error).splitlines()[0][:300]})") from None
+        raise AFDError(f"{uri}: unreadable torch.export program ({first_line(error, 300)})") from None
 
 
 @dataclass(frozen=True)

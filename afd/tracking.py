@@ -16,7 +16,7 @@ from typing import Iterator
 
 import yaml
 
-from .errors import AFDError
+from .errors import AFDError, first_line
 from .io import file_sha256
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -85,7 +85,7 @@ def tracked_run(run_name: str, params: dict | None = None, tags: dict | None = N
         mlflow.set_experiment(EXPERIMENT)
         run = mlflow.start_run(run_name=run_name, tags=tags)
     except MlflowException as error:
-        raise AFDError(f"MLflow tracking at {uri} is unreachable ({str(error).splitlines()[0][:200]}); "
+        raise AFDError(f"MLflow tracking at {uri} is unreachable ({first_line(error)}); "
                        "outputs already written are kept: re-run to log them") from None
     status = "FAILED"
     try:
@@ -95,11 +95,11 @@ def tracked_run(run_name: str, params: dict | None = None, tags: dict | None = N
         status = "FINISHED"
     except MlflowException as error:  # the server went away mid-run
         raise AFDError(f"MLflow tracking at {uri} failed during run {run_name!r} "
-                       f"({str(error).splitlines()[0][:200]}); outputs already written are kept: "
+                       f"({first_line(error)}); outputs already written are kept: "
                        "re-run to log them") from None
     finally:
         try:
             mlflow.end_run(status)
         except MlflowException as error:  # unreachable server: the run stays open there
             logging.getLogger(__name__).warning("MLflow run %r not closed at %s (%s)", run_name, uri,
-                                                str(error).splitlines()[0][:200])
+                                                first_line(error))

@@ -39,3 +39,11 @@ def test_an_unreachable_tracking_server_stops_before_any_work(tmp_path, monkeypa
         with tracked_run("evaluate@x"):
             worked.append(True)
     assert worked == []
+
+
+def test_quoted_library_errors_are_one_line_even_when_empty():
+    from afd.errors import first_line
+
+    assert first_line(RuntimeError("first\nsecond")) == "first"
+    assert first_line(RuntimeError("x" * 500), 300) == "x" * 300
+    assert first_line(OSError()) == "OSError"  # an empty message would otherwise raise IndexError
