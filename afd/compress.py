@@ -16,6 +16,9 @@ from afd.errors import ConfigError
 
 # Severity 1..5 (hendrycks/robustness, make_imagenet_c.py, jpeg_compression).
 IMAGENET_C_JPEG_QUALITIES = (25, 18, 15, 10, 7)
+# Multi-compression rounds (paper Table VI: 1..5). Past a few dozen rounds JPEG has long reached its
+# fixed point; the bound keeps a typo (100000000) from running for days.
+MAX_COMPRESSION_TIMES = 100
 
 if not features.check("avif"):
     import pillow_avif  # noqa: F401  (registers the AVIF plugin on Pillow < 11.3)
@@ -77,8 +80,9 @@ def multi_compress_jpeg(
     img: Image.Image, times: int, seed: int, qualities: Sequence[int] = IMAGENET_C_JPEG_QUALITIES
 ) -> tuple[bytes, list[int]]:
     """The JPEG bytes of the last round of multi_compress, and the qualities used."""
-    if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-        raise ConfigError(f"times (compression rounds) must be an integer >= 1, got {times!r}")
+    if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= MAX_COMPRESSION_TIMES:
+        raise ConfigError(f"times (compression rounds) must be an integer in 1..{MAX_COMPRESSION_TIMES}, "
+                          f"got {times!r}")
     if not qualities:
         raise ConfigError("qualities must not be empty")
     rng = random.Random(seed)

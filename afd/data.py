@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import torchvision.transforms.functional as TF
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
@@ -39,7 +38,7 @@ from afd.compress import (
     encode_jpeg,
     multi_compress_jpeg,
 )
-from afd.errors import AFDError, ConfigError, ImageLoadError
+from afd.errors import AFDError, ConfigError, ImageLoadError, display_name, first_line
 from afd.images import (
     GRID,
     center_crop,
@@ -48,6 +47,7 @@ from afd.images import (
     open_error_reason,
     random_crop_position,
     resize_center_crop,
+    resize_shorter_side,
     to_tensor,
 )
 from afd.io import atomic_dir, write_json
@@ -55,7 +55,10 @@ from afd.samples import sample_photos
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".avif", ".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".avif", ".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what sources may hold
+# Other image files (GIF, JPEG 2000, PPM...) are listed too, and skipped with this reason: a silent
+# omission would look like a smaller data set.
+UNUSED_FORMAT = f"not one of the formats the data sets read ({', '.join(IMAGE_EXTENSIONS)})"
 SET_EXTENSIONS = (".png", ".jpg", ".avif")  # what the sets themselves hold
 EVAL_RESIZE, EVAL_SIZE = 256, 224  # ImageNet-C: Resize(256), CenterCrop(224)
 IMAGENET_C_VIEW = "imagenet_c"  # the view name of an image made with exactly that preprocessing
@@ -92,31 +95,32 @@ def folder_photos(root: str) -> list[Photo]:
 
 
 def image_folder(root: str) -> list[Photo]:
-    """The photos of an ImageFolder (ImageNet val: <wnid>/<file>), labelled by class folder.
+    """The photos of an ImageFolder (ImageNet val: <wnid>/<file>), labelled by the ImageNet-1k
+    index of their class folder's wnid (timm's synset list), whichever classes are present.
 
-    The label is the position of the photo's top folder among the sorted class folders: with all
-    1000 ImageNet wnid folders that is the ImageNet class index. Without class folders: no labels.
-    """
+    A class folder that is not an ImageNet-1k wnid, or photos outside class folders, make the
+    whole set unlabelled, with a warning naming the folder: wrong labels would be silent, a
+    missing label is visible (the report then shows agreement, not top-1)."""
     fs, base, paths = _find_images(root)
-    classes = sorted(
-        posixpath.basename(entry["name"].rstrip("/"))
-        for entry in fs.ls(base, detail=True)
-        if entry["type"] == "directory" and not posixpath.basename(entry["name"]).startswith(".")
-    )
-    if classes and len(classes) != 1000:
-        log.warning(
-            "%s: labels are positions among its %d class folders; they are ImageNet class indices "
-            "only when all 1000 wnid folders are present",
-            root,
-            len(classes),
-        )
-    index = {name: i for i, name in enumerate(classes)}
-    photos = []
-    for path in paths:
-        name = posixpath.relpath(path, base)
-        top = name.split("/")[0] if "/" in name else None
-        photos.append(Photo(name, _uri(fs, path), index.get(top)))
-    return photos
+    names = [posixpath.relpath(path, base) for path in paths]
+    folders = sorted({name.split("/")[0] for name in names if "/" in name})
+    loose = [name for name in names if "/" not in name]
+    index = imagenet_class_index()
+    unknown = [folder for folder in folders if folder not in index]
+    if folders and (unknown or loose):
+        why = (f"folder {display_name(unknown[0])} is not an ImageNet-1k wnid" if unknown
+               else f"{display_name(loose[0])} is not in a class folder")
+        log.warning("%s: no labels for any image (%s); the set is evaluated without labels", root, why)
+    labelled = bool(folders) and not unknown and not loose
+    return [Photo(name, _uri(fs, path), index[name.split("/")[0]] if labelled else None)
+            for name, path in zip(names, paths)]
+
+
+def imagenet_class_index() -> dict[str, int]:
+    """wnid -> ImageNet-1k class index (0..999), from the synset list timm ships."""
+    from timm.data import ImageNetInfo
+
+    return {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
 
 
 def embedded_split(eval_names: Sequence[str]) -> tuple[list[Photo], list[Photo]]:
@@ -173,6 +177,8 @@ def usable_images(
         used = 0
         for photo in tqdm(photos, desc=f"reading {source}", unit="photo"):
             try:
+                if not photo.uri.lower().endswith(IMAGE_EXTENSIONS):
+                    raise ImageLoadError(photo.uri, UNUSED_FORMAT)
                 img = read_image(photo.uri)
                 if min(img.size) < min_size:
                     raise ImageLoadError(
@@ -185,28 +191,34 @@ def usable_images(
             yield photo, img
         summary = f"used {used}, skipped {len(skipped)}{_reason_counts(skipped)}"
         if not used:
-            examples = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
-            raise AFDError(f"no usable images in {source}: {summary}. First ones: {examples}")
+            examples = "; ".join(f"{display_name(s['file'])}: {s['reason']}" for s in skipped[:5])
+            raise AFDError(f"no usable images in {display_name(source)}: {summary}. First ones: {examples}")
         log.info("%s: %s", source, summary)
 
     return read(), skipped
 
 
 def _find_images(root: str):
-    """(file system, root path on it, sorted image paths on it); ConfigError if none."""
+    """(file system, root path on it, sorted image paths on it); ConfigError if none. Image paths
+    are those with an image extension Pillow knows (see UNUSED_FORMAT); hidden files and folders
+    (".cache/") are not part of a source."""
     try:
         fs, base = url_to_fs(root)
         if not fs.isdir(base):
             problem = "not a folder" if fs.exists(base) else "no such folder"
-            raise ConfigError(f"image source {root}: {problem}")
-        paths = sorted(p for p in fs.find(base) if p.lower().endswith(IMAGE_EXTENSIONS))
+            raise ConfigError(f"image source {display_name(root)}: {problem}")
+        paths = sorted(p for p in fs.find(base) if p.lower().endswith(_LISTED_EXTENSIONS)
+                       and not any(part.startswith(".") for part in posixpath.relpath(p, base).split("/")))
     except AFDError:
         raise
     except Exception as e:  # remote file systems fail in many ways: credentials, bucket, network
-        raise ConfigError(f"image source {root}: cannot list it ({_short(e)})") from e
-    if not paths:
-        raise ConfigError(f"image source {root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        raise ConfigError(f"image source {display_name(root)}: cannot list it ({_short(e)})") from e
+    if not any(p.lower().endswith(IMAGE_EXTENSIONS) for p in paths):
+        raise ConfigError(f"image source {display_name(root)}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return fs, base, paths
+
+
+_LISTED_EXTENSIONS = tuple(sorted(set(IMAGE_EXTENSIONS) | {ext.lower() for ext in Image.registered_extensions()}))
 
 
 def _uri(fs, path: str) -> str:
@@ -214,8 +226,7 @@ def _uri(fs, path: str) -> str:
 
 
 def _short(error: Exception) -> str:
-    lines = str(error).strip().splitlines() or [""]
-    return f"{type(error).__name__}: {lines[0][:200]}"
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def _reason_counts(skipped: list[dict]) -> str:
@@ -283,7 +294,12 @@ def make_eval_clean(
     records: list[dict] = []
     with atomic_dir(out_dir) as tmp:
         for photo, img in images:
-            for view, crop in _eval_views(img, view_sizes):
+            try:
+                views = list(_eval_views(img, view_sizes, photo.uri))
+            except ImageLoadError as e:  # e.g. an aspect ratio too extreme to resize
+                skipped.append({"file": photo.name, "reason": e.reason})
+                continue
+            for view, crop in views:
                 if len(records) == total:
                     break
                 image_id = _set_id("e", len(records), total)
@@ -291,6 +307,9 @@ def make_eval_clean(
                 records.append(
                     {"id": image_id, "photo": photo.name, "view": view, "label": photo.label}
                 )
+        if not records:
+            raise AFDError(f"no usable images in {display_name(source)}: all {len(skipped)} skipped "
+                           f"(first: {display_name(skipped[0]['file'])}: {skipped[0]['reason']})")
         manifest = {"source": source, "images": records, "skipped": skipped}
         write_json(tmp / MANIFEST, manifest)
     return manifest
@@ -299,12 +318,12 @@ def make_eval_clean(
 _GRID_CROPS = ("c", "tl", "tr", "bl", "br")
 
 
-def _eval_views(img: Image.Image, view_sizes: Sequence[int]) -> Iterator[tuple[str, Image.Image]]:
+def _eval_views(img: Image.Image, view_sizes: Sequence[int], name: str) -> Iterator[tuple[str, Image.Image]]:
     if not view_sizes:
-        yield IMAGENET_C_VIEW, resize_center_crop(img, EVAL_RESIZE, EVAL_SIZE)
+        yield IMAGENET_C_VIEW, resize_center_crop(img, EVAL_RESIZE, EVAL_SIZE, name)
         return
     for view_size in view_sizes:
-        resized = TF.resize(img, view_size)
+        resized = resize_shorter_side(img, view_size, name)
         right = GRID * ((resized.width - EVAL_SIZE) // GRID)
         bottom = GRID * ((resized.height - EVAL_SIZE) // GRID)
         corners = {"tl": (0, 0), "tr": (right, 0), "bl": (0, bottom), "br": (right, bottom)}

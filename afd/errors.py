@@ -1,4 +1,6 @@
-"""Errors raised for bad user input: each names the thing that is wrong and why."""
+"""Errors raised for bad user input: each names the thing that is wrong and why, on one line."""
+
+import re
 
 
 class AFDError(Exception):
@@ -11,7 +13,7 @@ class ImageLoadError(AFDError):
     def __init__(self, path, reason: str):
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{display_name(path)}: {reason}")
 
 
 class WeightsNotFoundError(AFDError):
@@ -22,8 +24,28 @@ class ConfigError(AFDError):
     """A parameter (backbone name, tap, quality factor, ...) has an invalid value."""
 
 
+class OutputError(AFDError):
+    """An output file could not be written (a folder in the way, no such parent, disk full...)."""
+
+
+def display_name(path) -> str:
+    """A file name or URL as messages quote it: as it is, unless it holds characters that would
+    break the one-line message (newlines, other control characters), then Python-quoted with the
+    escapes shown; a URL's credentials are redacted."""
+    name = redact(str(path))
+    return name if name.isprintable() else repr(name)
+
+
+_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user-info of every URL in it (`user:password@`) replaced by `***@`."""
+    return _USER_INFO.sub(r"\g<scheme>***@", text)
+
+
 def first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of a library error's message, cut at `limit` characters, to quote in ours
-    (the error's type when its message is empty)."""
+    """The first line of a library error's message, cut at `limit` characters and with URL
+    credentials redacted, to quote in ours (the error's type when its message is empty)."""
     lines = str(error).splitlines()
-    return (lines[0] if lines else type(error).__name__)[:limit]
+    return redact(lines[0] if lines else type(error).__name__)[:limit]

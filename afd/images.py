@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import warnings
 from typing import BinaryIO, Iterable, Iterator
 
@@ -21,13 +22,27 @@ from afd.errors import ConfigError, ImageLoadError
 # Crops move by whole 16x16 macroblocks: 8x8 DCT blocks for luma, and for 4:2:0 chroma too.
 GRID = 16
 
+# Decoded images are at most this many pixels (Pillow's default bomb limit, fixed here whatever
+# another library sets Pillow's to). A larger JPEG (a 108-megapixel phone photo) is decoded at 1/2,
+# 1/4 or 1/8 scale by libjpeg's DCT scaling, which never holds the full image; another format that
+# large is refused. Anything over twice the limit is refused as a decompression bomb.
+MAX_DECODED_PIXELS = 89_478_485
+MAX_DECLARED_PIXELS = 2 * MAX_DECODED_PIXELS
+# Resizing is bounded too: an image's shorter side is scaled to the requested size, so a 2 x 20000
+# strip would become 256 x 2,560,000. Refused past this aspect ratio or pixel count.
+MAX_ASPECT_RATIO = 16
+
 _OS_REASONS = {
     errno.ENOENT: "file does not exist",
     errno.EISDIR: "is a directory",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
     errno.ELOOP: "symlink loop",
+    errno.ENXIO: "not a regular file (a socket or device)",
 }
+_FILE_KINDS = {stat.S_IFDIR: "is a directory", stat.S_IFIFO: "not a regular file (a FIFO)",
+               stat.S_IFSOCK: "not a regular file (a socket)", stat.S_IFCHR: "not a regular file (a character device)",
+               stat.S_IFBLK: "not a regular file (a block device)"}
 
 # Pillow keeps 16-bit samples in these modes ("I" is what 16-bit PGM/PPM open as).
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -37,13 +52,22 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "PA"}
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as a fully decoded 8-bit RGB image, upright per its EXIF orientation.
 
-    Any problem with the file raises ImageLoadError naming the file and the reason.
+    Only regular files are read (a FIFO would block, a device never ends). Any problem with the
+    file raises ImageLoadError naming the file and the reason.
     """
     try:
-        f = open(path, "rb")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is then refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise ImageLoadError(path, open_error_reason(e)) from e
-    with f:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ImageLoadError(path, _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file"))
+    if info.st_size == 0:  # also /proc's pseudo-files, which cannot seek to their end
+        os.close(fd)
+        raise ImageLoadError(path, "empty file (0 bytes)")
+    with os.fdopen(fd, "rb") as f:
         return decode_image(f, path)
 
 
@@ -64,9 +88,12 @@ def decode_image(f: BinaryIO, name) -> Image.Image:
 
     `name` (the path or URL) is what ImageLoadError names.
     """
-    if f.seek(0, os.SEEK_END) == 0:
-        raise ImageLoadError(name, "empty file (0 bytes)")
-    f.seek(0)
+    try:
+        if f.seek(0, os.SEEK_END) == 0:
+            raise ImageLoadError(name, "empty file (0 bytes)")
+        f.seek(0)
+    except OSError as e:  # a stream that cannot seek
+        raise ImageLoadError(name, f"cannot read it ({open_error_reason(e)})") from e
     img = _decode(f, name)
     try:
         return _to_rgb(img)
@@ -76,16 +103,14 @@ def decode_image(f: BinaryIO, name) -> Image.Image:
 
 @contextlib.contextmanager
 def _strict_pillow() -> Iterator[None]:
-    """Make truncated data and decompression bombs errors, whatever the process-wide settings say.
-
-    Pillow's switches are globals; other code (or a library) may have turned them lenient, and a
-    truncated file would then load silently with grey filler.
-    """
+    """Make truncated data an error whatever the process-wide setting says (another library may
+    have turned it lenient: a truncated file would then load silently with grey filler). Pillow's
+    own bomb warning is silenced: `_decode` applies this module's limits itself."""
     truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             yield
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated
@@ -98,14 +123,35 @@ def _decode(f, path) -> Image.Image:
             Image.open(f).verify()
             f.seek(0)
             img = Image.open(f)
+            _bound_decoded_size(img, path)
             img.load()
             return ImageOps.exif_transpose(img)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except ImageLoadError:
+            raise
+        except Image.DecompressionBombError as e:
             raise ImageLoadError(path, f"decompression bomb: {e}") from e
         except UnidentifiedImageError as e:
             raise ImageLoadError(path, "not an image (unknown format or corrupt header)") from e
         except Exception as e:  # Pillow's decoders raise many exception types for bad data
             raise ImageLoadError(path, f"truncated or corrupt image data ({e})") from e
+
+
+def _bound_decoded_size(img: Image.Image, path) -> None:
+    """Keep the decoded image within MAX_DECODED_PIXELS: a larger JPEG is set to decode at the
+    smallest DCT scale (1/2, 1/4, 1/8) that fits; anything else that large is refused."""
+    width, height = img.size
+    pixels = width * height
+    if pixels > MAX_DECLARED_PIXELS:
+        raise ImageLoadError(path, f"decompression bomb: {width}x{height} = {pixels:,} pixels, over the "
+                                   f"limit of {MAX_DECLARED_PIXELS:,}")
+    if pixels <= MAX_DECODED_PIXELS:
+        return
+    if img.format == "JPEG":
+        scale = next(s for s in (2, 4, 8) if pixels / (s * s) <= MAX_DECODED_PIXELS)
+        img.draft(None, (-(-width // scale), -(-height // scale)))
+        return
+    raise ImageLoadError(path, f"too large to decode: {width}x{height} = {pixels:,} pixels, over the limit of "
+                               f"{MAX_DECODED_PIXELS:,} (only JPEG is decoded at reduced scale)")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -155,14 +201,29 @@ def to_batch(imgs: Iterable[Image.Image]) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-def resize_center_crop(img: Image.Image, resize: int = 256, crop: int = 224) -> Image.Image:
+def resize_center_crop(img: Image.Image, resize: int = 256, crop: int = 224, name: str | None = None) -> Image.Image:
     """ImageNet(-C) preprocessing: shorter side to `resize` (bilinear), then a central crop x crop.
 
     Same as torchvision's Resize(resize) then CenterCrop(crop) on a PIL image.
     """
     if not (isinstance(resize, int) and isinstance(crop, int) and 0 < crop <= resize):
         raise ConfigError(f"need integers 0 < crop <= resize, got resize={resize!r}, crop={crop!r}")
-    return TF.center_crop(TF.resize(img, resize), crop)
+    return TF.center_crop(resize_shorter_side(img, resize, name), crop)
+
+
+def resize_shorter_side(img: Image.Image, size: int, name: str | None = None) -> Image.Image:
+    """torchvision's Resize(size): the shorter side to `size`, bilinear, aspect ratio kept. An
+    image of more than MAX_ASPECT_RATIO, or that would exceed MAX_DECODED_PIXELS once resized,
+    is refused (ImageLoadError) before any memory is spent on it."""
+    width, height = img.size
+    short, long = sorted((width, height))
+    if long > MAX_ASPECT_RATIO * short:
+        raise ImageLoadError(name or "image", f"aspect ratio {width}x{height} is beyond {MAX_ASPECT_RATIO}:1")
+    resized_long = int(size * long / short)
+    if size * resized_long > MAX_DECODED_PIXELS:
+        raise ImageLoadError(name or "image", f"resizing {width}x{height} to {size} on its shorter side would make "
+                                              f"{size * resized_long:,} pixels, over the limit of {MAX_DECODED_PIXELS:,}")
+    return TF.resize(img, size)
 
 
 def center_crop(img: Image.Image, size: int, name: str | None = None) -> Image.Image:
@@ -183,7 +244,7 @@ def classifier_input(
     """The crop a classifier sees: ImageNet's Resize + CenterCrop, or with `resize` None/0 a crop on
     the 16-pixel grid without resampling (keeps a decoded JPEG's blocks where AFD expects them)."""
     if resize:
-        return resize_center_crop(img, resize, crop)
+        return resize_center_crop(img, resize, crop, name)
     return center_crop(img, crop, name)
 
 

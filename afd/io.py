@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from .errors import OutputError, display_name, first_line
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -25,18 +29,49 @@ def remove_stale_temporaries(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+    The file gets the permissions a plain `open(path, "w")` would (0666 less the umask). An
+    output that cannot be written (a folder in the way, a parent that is a file, a full disk) is an
+    OutputError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    with _naming_output(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        remove_stale_temporaries(path)
+        tmp = _new_temporary(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _naming_output(path, tmp):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming_output(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Turn an OSError about writing `path` (or its temporary `tmp`) into an OutputError naming
+    `path`; an OSError about another file (an input read inside the block) passes unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename not in (None, str(path), str(path.parent), str(tmp), *map(str, path.parents)):
+            raise
+        reason = error.strerror or type(error).__name__
+        raise OutputError(f"{display_name(path)}: cannot write it ({reason})") from None
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new hidden sibling of `path`, created with mode 0666 so that the umask applies (mkstemp
+    would make it 0600 whatever the umask)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
 @contextlib.contextmanager
@@ -47,7 +82,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the set is an ordinary folder
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the set is an ordinary folder
     try:
         yield tmp
         if path.exists() or path.is_symlink():
@@ -61,11 +96,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     # Through a file object: given a name, torch.save names the archive's inner folder after it,
     # and the random temporary name would make equal checkpoints differ byte for byte.
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        torch.save(obj, file)
+        try:
+            torch.save(obj, file)
+        except RuntimeError as error:  # torch's stream writer reports a failed write (disk full) so
+            raise OutputError(f"{display_name(path)}: cannot write it ({first_line(error)})") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -84,3 +123,10 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -1,6 +1,7 @@
 """A corpus of bad and odd image files, generated here, through the CLI and a data stage: each file
 is converted and used, or refused with one line naming the file and the problem; no traceback."""
 
+import ast
 import io
 import os
 import struct
@@ -88,8 +89,11 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, str]]:
     add("photo.avif", _bytes(photo, "AVIF", quality=80))
     add("photo.webp", _bytes(photo, "WEBP", quality=80))
     add("photo.bmp", _bytes(photo, "BMP"))
-    add("photo.gif", _bytes(photo.convert("P"), "GIF"))
-    corpus["photo.gif"] = (OK, None)  # the data stages read the usual photo extensions only
+    # The data stages read the usual photo formats only; other image files are counted as skipped.
+    add("photo.gif", _bytes(photo.convert("P"), "GIF"), OK, "not one of the formats")
+    add("photo.ppm", _bytes(photo, "PPM"), OK, "not one of the formats")
+    add("strip_2x20000.png", _bytes(Image.new("RGB", (2, 20000)), "PNG"), "aspect ratio 2x20000", "too small")
+    add("newline\nerror: fake.jpg", b"not a picture", "not an image")  # one error line all the same
     add("jpeg_named.png", jpeg)  # the content decides, not the extension
     add(os.fsdecode(b"non_utf8_\xff\xfe.jpg"), jpeg)  # a name that is not UTF-8
     # A 60,000 x 60,000 header with almost no data: Pillow's decompression-bomb guard must refuse it.
@@ -103,6 +107,8 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, str]]:
     corpus["dangling.jpg"] = ("file does not exist", "file does not exist")
     (folder / "folder.jpg").mkdir()
     corpus["folder.jpg"] = ("is a directory", None)  # a data stage lists files only
+    os.mkfifo(folder / "fifo.jpg")  # opening it for reading used to block forever
+    corpus["fifo.jpg"] = ("not a regular file (a FIFO)", "not a regular file (a FIFO)")
     return corpus
 
 
@@ -120,6 +126,20 @@ def test_the_corpus_is_large_and_really_bad(corpus):
     assert Image.open(folder / "cmyk.jpg").mode == "CMYK"
 
 
+def _unquoted(name: str) -> str:
+    """A file name as the messages quote it (Python-quoted when it holds a newline)."""
+    return ast.literal_eval(name) if name.startswith("'") else name
+
+
+def _split_error(message: str) -> tuple[str, str]:
+    """(file, reason) of `<file>: <reason>`, the file maybe quoted."""
+    if message.startswith("'"):
+        end = message.index("': ") + 1
+        return _unquoted(message[:end]), message[end + 2:]
+    path, reason = message.split(": ", 1)
+    return path, reason
+
+
 def test_classify_handles_every_file_of_the_corpus(corpus):
     folder, expected = corpus
     names = sorted(expected)
@@ -128,11 +148,11 @@ def test_classify_handles_every_file_of_the_corpus(corpus):
                             errors="surrogateescape")
     assert result.returncode == 1  # some files were refused
     assert "Traceback" not in result.stderr
-    classified = {line.split(": ", 1)[0] for line in result.stdout.splitlines()}
+    classified = {_unquoted(line.split(": ", 1)[0]) for line in result.stdout.splitlines()}
     errors = {}
     for line in result.stderr.splitlines():
         if line.startswith("error: "):
-            path, reason = line.removeprefix("error: ").split(": ", 1)
+            path, reason = _split_error(line.removeprefix("error: "))
             errors[Path(path).name] = reason
     for name, (outcome, _) in expected.items():
         if outcome == OK:

@@ -1,7 +1,9 @@
 import json
 import logging
 import re
+import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -288,24 +290,32 @@ def test_embedded_split():
         embedded_split(["chelsea", "lena"])
 
 
-def test_image_folder_labels_from_sorted_wnids(tmp_path):
+def test_image_folder_labels_are_imagenet_indices_of_the_wnids_whichever_are_present(tmp_path, caplog):
+    """n01530575 is brambling, index 10 of ImageNet-1k, whether or not the classes before it are
+    there (labels were once positions among the folders present: 0, tench)."""
     root = tmp_path / "val"
-    for wnid in ("n03000000", "n01000000", "n02000000", ".cache"):
-        (root / wnid).mkdir(parents=True)
     photo = _astronaut(64)
-    for wnid, name in [("n03000000", "c.JPEG"), ("n01000000", "a.JPEG"), ("n02000000", "b.JPEG")]:
+    for wnid, name in [("n01530575", "b.JPEG"), ("n01440764", "a.JPEG"), (".cache", "x.JPEG")]:
+        (root / wnid).mkdir(parents=True)
         photo.save(root / wnid / name)
     photos = image_folder(str(root))
-    assert [(p.name, p.label) for p in photos] == [
-        ("n01000000/a.JPEG", 0), ("n02000000/b.JPEG", 1), ("n03000000/c.JPEG", 2)
-    ]
+    assert [(p.name, p.label) for p in photos] == [("n01440764/a.JPEG", 0), ("n01530575/b.JPEG", 10)]
     manifest = make_eval_clean(photos, tmp_path / "clean", [], 0, str(root))
     assert [(r["photo"], r["view"], r["label"]) for r in manifest["images"]] == [
-        ("n01000000/a.JPEG", "imagenet_c", 0),
-        ("n02000000/b.JPEG", "imagenet_c", 1),
-        ("n03000000/c.JPEG", "imagenet_c", 2),
-    ]
-    assert labels(tmp_path / "clean") == {"e00000": 0, "e00001": 1, "e00002": 2}
+        ("n01440764/a.JPEG", "imagenet_c", 0), ("n01530575/b.JPEG", "imagenet_c", 10)]
+    assert labels(tmp_path / "clean") == {"e00000": 0, "e00001": 10}
+
+    only_brambling = tmp_path / "subset"
+    (only_brambling / "n01530575").mkdir(parents=True)
+    photo.save(only_brambling / "n01530575" / "b.JPEG")
+    assert [p.label for p in image_folder(str(only_brambling))] == [10]
+
+    # A folder that is no ImageNet-1k wnid: the set is unlabelled, said once, never mislabelled.
+    (root / "cats").mkdir()
+    photo.save(root / "cats" / "c.JPEG")
+    with caplog.at_level(logging.WARNING, logger="afd.data"):
+        assert [p.label for p in image_folder(str(root))] == [None, None, None]
+    assert "folder cats is not an ImageNet-1k wnid" in caplog.text
 
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -315,16 +325,16 @@ def test_image_folder_labels_from_sorted_wnids(tmp_path):
 
 def test_imagenet_c_files_are_copied(tmp_path):
     root = tmp_path / "val"
-    (root / "n01000000").mkdir(parents=True)
-    _astronaut(64).save(root / "n01000000" / "a.JPEG")
+    (root / "n01440764").mkdir(parents=True)
+    _astronaut(64).save(root / "n01440764" / "a.JPEG")
     make_eval_clean(image_folder(str(root)), tmp_path / "clean", [], 0, str(root))
-    released = tmp_path / "imagenet-c" / "jpeg_compression" / "4" / "n01000000" / "a.JPEG"
+    released = tmp_path / "imagenet-c" / "jpeg_compression" / "4" / "n01440764" / "a.JPEG"
     released.parent.mkdir(parents=True)
     released.write_bytes(encode_jpeg(load_image(tmp_path / "clean" / "e00000.png"), 10, True))
 
     copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q10", 10, str(tmp_path / "imagenet-c"))
     assert _files(tmp_path / "jpeg_q10") == {"e00000.jpg": released.read_bytes()}
-    missing = r"ImageNet-C file missing: .*/jpeg_compression/5/n01000000/a.JPEG"
+    missing = r"ImageNet-C file missing: .*/jpeg_compression/5/n01440764/a.JPEG"
     with pytest.raises(AFDError, match=missing):
         copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q7", 7, str(tmp_path / "imagenet-c"))
     assert not (tmp_path / "jpeg_q7").exists()
@@ -376,7 +386,19 @@ def _write_params(cwd: Path, changes: dict | None = None) -> None:
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def test_stage_scripts_build_the_layout(tmp_path):
+def _stage_in_process(cwd: Path, script: str, *args: str, monkeypatch) -> None:
+    """Run a stage script as `python stages/<script>` would, in this process (no interpreter start)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.syspath_prepend(str(REPO / "stages"))
+    monkeypatch.setattr(sys, "argv", [str(REPO / "stages" / script), *args])
+    sigterm = signal.getsignal(signal.SIGTERM)  # stage_main turns SIGTERM into an exit
+    try:
+        runpy.run_path(str(REPO / "stages" / script), run_name="__main__")
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+def test_stage_scripts_build_the_layout(tmp_path, monkeypatch):
     _write_params(tmp_path)
     for script, *args in [
         ("patches.py",),
@@ -390,8 +412,7 @@ def test_stage_scripts_build_the_layout(tmp_path):
         ("degrade_set.py", "--kind", "avif", "--level", "18", "--clean", "data/eval/clean",
          "--out", "data/eval/avif_q18"),
     ]:
-        result = _stage(tmp_path, script, *args)
-        assert result.returncode == 0, result.stderr
+        _stage_in_process(tmp_path, script, *args, monkeypatch=monkeypatch)
     layout = {
         str(p.relative_to(tmp_path / "data")) for p in (tmp_path / "data").rglob("*") if p.is_file()
     }
@@ -409,21 +430,50 @@ def test_stage_scripts_build_the_layout(tmp_path):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"patches.size": 100}, "patches.size must be a multiple of 16, >= 16, got 100"),
-        ({"eval_sets.jpeg_qualities": [25, 0]}, "eval_sets.jpeg_qualities must be"),
-        ({"eval_sets.avif_qualities": [25, "7"]}, "eval_sets.avif_qualities must be"),
-        ({"eval_sets.compression_times": [1, 1.5]}, "eval_sets.compression_times must be"),
-        ({"profiles.default.patch_count": 0}, "profiles.default.patch_count must be"),
-        ({"profile": "fast"}, "unknown profile 'fast'; known: default, paper"),
-        ({"sources.kind": "web"}, "sources.kind must be one of embedded, folders, got 'web'"),
-        ({"sources.kind": "folders"}, "sources.train_dir must be a folder path"),
-        ({"register.deploy_formats": ["tflite"]}, "register.deploy_formats must be a list of formats among"),
+        ({"patches.size": 100}, "patches.size: Input should be a multiple of 16 (got 100)"),
+        ({"eval_sets.jpeg_qualities": [25, 0]}, "eval_sets.jpeg_qualities.1: Input should be greater than or equal to 1 (got 0)"),
+        ({"eval_sets.avif_qualities": [25, "7"]}, "eval_sets.avif_qualities.1: Input should be a valid integer (got '7')"),
+        ({"eval_sets.compression_times": [1, 1.5]}, "eval_sets.compression_times.1: Input should be a valid integer"),
+        ({"eval_sets.compression_times": [1, 100000000]}, "eval_sets.compression_times.1: Input should be less than or equal to 100"),
+        ({"profiles.default.patch_count": 0}, "profiles.default.patch_count: Input should be greater than or equal to 1 (got 0)"),
+        ({"profiles.default.lr_drop_at": "abc"}, "profiles.default.lr_drop_at: Input should be a valid integer (got 'abc')"),
+        ({"profiles.default.lr": "fast"}, "profiles.default.lr: Input should be a valid number"),
+        ({"profiles.default.crop": 100}, "profiles.default.crop: Input should be a multiple of 16 (got 100)"),
+        ({"profiles.default.iterations": None}, "profiles.default.iterations: Input should be a valid integer (got None)"),
+        ({"methods.afd.fdm_sorce": "dct"}, "methods.afd.fdm_sorce: unknown key"),
+        ({"methods.afd": None}, "methods.afd: Input should be a valid dictionary"),
+        ({"methods.ddp.fdm_source": "dct"}, "methods.ddp: fdm_source applies to kind afd only, not ddp"),
+        ({"backbones.resnet50": None}, "backbones.resnet50: Input should be a valid dictionary"),
+        ({"efficiency.threads": 0}, "efficiency.threads: Input should be greater than or equal to 1 (got 0)"),
+        ({"evaluate.batch_size": 0}, "evaluate.batch_size: Input should be greater than or equal to 1 (got 0)"),
+        ({"profile": "fast"}, "profile: 'fast' not among the profiles (default, paper)"),
+        ({"train.methods": ["afd", "afd2"]}, "train.methods: 'afd2' not among the methods"),
+        ({"fuse.methods": ["ddp"]}, "fuse.methods: 'ddp' is not of kind afd: nothing to fuse"),
+        ({"sources.kind": "web"}, "sources.kind: Input should be 'embedded' or 'folders' (got 'web')"),
+        ({"sources.kind": "folders"}, "sources: kind folders needs train_dir and eval_dir"),
+        ({"register.deploy_formats": ["tflite"]}, "register.deploy_formats.0: Input should be 'executorch' or 'onnx'"),
+        ({"seed": 0.5}, "seed: Input should be a valid integer (got 0.5)"),
+        ({"epochs": 3}, "epochs: unknown key"),
     ],
 )
-def test_params_are_checked(tmp_path, changes, message):
+def test_params_are_checked_naming_the_key(tmp_path, changes, message):
     _write_params(tmp_path, changes)
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(f"params.yaml: {message}")) as error:
         load_params(str(tmp_path / "params.yaml"))
+    assert "\n" not in str(error.value)
+
+
+def test_params_with_a_missing_key_and_numbers_written_as_yaml_strings(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["profiles"]["default"]["iterations"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"params.yaml: profiles.default.iterations: missing$"):
+        load_params(str(tmp_path / "params.yaml"))
+    # PyYAML reads 1e-4 (no dot) as a string; the paper's rates are written that way
+    text = (REPO / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: 1e-4")
+    (tmp_path / "params.yaml").write_text(text)
+    assert yaml.safe_load(text)["profiles"]["paper"]["lr"] == "1e-4"
+    assert load_params(str(tmp_path / "params.yaml"))["profiles"]["paper"]["lr"] == 1e-4
 
 
 def test_stage_errors_exit_2_naming_the_key(tmp_path):
@@ -431,7 +481,7 @@ def test_stage_errors_exit_2_naming_the_key(tmp_path):
     result = _stage(tmp_path, "patches.py")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: params.yaml: patches.size must be a multiple of 16, >= 16, got 100"
+        "error: params.yaml: patches.size: Input should be a multiple of 16 (got 100)"
     )
     assert "Traceback" not in result.stderr
 

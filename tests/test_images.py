@@ -1,6 +1,7 @@
 import errno
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from skimage import data
 from torchvision import transforms
 
 import afd.images
-from afd.errors import ConfigError, ImageLoadError
+from afd.errors import ConfigError, ImageLoadError, display_name
 from afd.images import (
+    classifier_input,
     load_image,
     random_crop,
     resize_center_crop,
@@ -120,7 +122,7 @@ def _load_error(path) -> str:
     with pytest.raises(ImageLoadError) as info:
         load_image(path)
     message = str(info.value)
-    assert str(path) in message and info.value.path == path
+    assert display_name(path) in message and info.value.path == path
     return message
 
 
@@ -134,10 +136,14 @@ def test_directory(tmp_path):
 
 def test_permission_denied(tmp_path, monkeypatch):
     # Tests run as root here, where chmod 000 does not stop a read; fake the OS answer instead.
-    def denied(path, mode):
-        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    class DeniedOS:
+        def __getattr__(self, name):
+            return getattr(os, name)
 
-    monkeypatch.setattr(afd.images, "open", denied, raising=False)
+        def open(self, path, flags, mode=0o777):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(afd.images, "os", DeniedOS())
     assert "permission denied" in _load_error(tmp_path / "x.jpg")
 
 
@@ -181,11 +187,45 @@ def test_png_with_broken_header_crc(tmp_path, png_bytes):
     assert "corrupt header" in _load_error(path)
 
 
-@pytest.mark.parametrize("size", [40, 100])  # 1600 px: Pillow warns; 10000 px: Pillow errors
-def test_decompression_bomb(tmp_path, monkeypatch, size):
-    path = _save(Image.new("RGB", (size, size)), tmp_path / "bomb.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    assert "decompression bomb" in _load_error(path)
+@pytest.fixture
+def small_limits(monkeypatch):
+    """The decoding limits scaled down to 1,000 / 2,000 pixels, so tiny files exercise them."""
+    monkeypatch.setattr(afd.images, "MAX_DECODED_PIXELS", 1000)
+    monkeypatch.setattr(afd.images, "MAX_DECLARED_PIXELS", 2000)
+
+
+def test_an_image_over_the_decoding_limit_is_refused_unless_it_is_a_jpeg(tmp_path, small_limits):
+    path = _save(Image.new("RGB", (40, 40)), tmp_path / "large.png")  # 1,600 pixels
+    assert "too large to decode: 40x40 = 1,600 pixels, over the limit of 1,000" in _load_error(path)
+    path = _save(Image.new("RGB", (40, 40), (200, 10, 10)), tmp_path / "large.jpg")
+    assert load_image(path).size == (20, 20)  # a JPEG decodes at 1/2 scale instead: 400 pixels
+
+
+def test_a_decompression_bomb_is_refused_whatever_pillows_global_limit_says(tmp_path, small_limits, monkeypatch):
+    for suffix in (".png", ".jpg"):
+        path = _save(Image.new("RGB", (100, 100)), tmp_path / f"bomb{suffix}")  # 10,000 pixels
+        assert "decompression bomb: 100x100 = 10,000 pixels" in _load_error(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # another library turned Pillow's check off
+    assert "decompression bomb" in _load_error(tmp_path / "bomb.png")
+
+
+def test_a_phone_sized_jpeg_decodes_at_reduced_scale(tmp_path):
+    """108 megapixels (12000 x 9000), over Pillow's 89.5 M bomb warning: decoded at 1/2 scale."""
+    path = _save(Image.new("RGB", (12000, 9000), (30, 120, 200)), tmp_path / "phone.jpg")
+    img = load_image(path)
+    assert img.size == (6000, 4500) and img.getpixel((3000, 2000)) == pytest.approx((30, 120, 200), abs=3)
+
+
+@pytest.mark.parametrize("size, problem", [((2, 20000), "aspect ratio 2x20000 is beyond 16:1"),
+                                           ((20000, 2), "aspect ratio 20000x2 is beyond 16:1")])
+def test_a_strip_that_would_resize_to_gigabytes_is_refused(size, problem):
+    with pytest.raises(ImageLoadError, match=f"strip.png: {problem}"):
+        classifier_input(Image.new("RGB", size), 256, 224, name="strip.png")
+
+
+def test_a_resize_past_the_pixel_limit_is_refused():
+    with pytest.raises(ImageLoadError, match="resizing 400x300 to 100000 on its shorter side would make"):
+        resize_center_crop(Image.new("RGB", (400, 300)), 100000, 224, name="photo.png")
 
 
 def test_symlink_loop(tmp_path):
@@ -279,3 +319,23 @@ def test_center_crop_stays_on_the_16_pixel_grid_and_refuses_small_images():
     assert crop.size == (224, 224) and crop.getpixel((0, 0)) == (255, 0, 0)
     with pytest.raises(ImageLoadError, match="small.jpg: too small for a 224x224 crop"):
         center_crop(Image.new("RGB", (100, 300)), 224, name="small.jpg")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "proc", "directory", "device"])
+def test_special_files_are_refused_without_blocking(tmp_path, kind):
+    """A FIFO named x.jpg used to block forever; /proc's pseudo-files gave a traceback."""
+    path = {"proc": Path("/proc/self/status"), "device": Path("/dev/null")}.get(kind, tmp_path / "x.jpg")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    reason = {"fifo": "not a regular file (a FIFO)", "proc": "empty file (0 bytes)",
+              "directory": "is a directory", "device": "not a regular file (a character device)"}[kind]
+    assert _load_error(path) == f"{path}: {reason}"
+
+
+def test_a_name_with_a_newline_stays_on_one_line(tmp_path):
+    path = tmp_path / "evil\nerror: fake.jpg"
+    path.write_text("not an image")
+    message = _load_error(path)
+    assert "\n" not in message and message.startswith(repr(str(path)))
