@@ -14,9 +14,9 @@ import torch
 
 from .benchmark import benchmark_executorch, device_ratios
 from .errors import AFDError, first_line
-from .export import load_program
+from .export import check_program_archive, load_program
 from .registry import CHAMPION, registered_name
-from .tracking import tracked_run, tracking_uri
+from .tracking import tracked_run, use_tracking_server
 
 DEVICE_TAG = "device"  # prefix of the version tags the benchmark writes
 
@@ -24,7 +24,7 @@ DEVICE_TAG = "device"  # prefix of the version tags the benchmark writes
 def _client():
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    use_tracking_server()
     return mlflow.MlflowClient()
 
 
@@ -39,7 +39,7 @@ def resolve_version(backbone: str, version: str | None = None):
         return _client().get_model_version_by_alias(name, CHAMPION)
     except MlflowException as error:
         which = f"version {version}" if version else f"@{CHAMPION}"
-        raise AFDError(f"models:/{name} {which}: not found at {tracking_uri()} "
+        raise AFDError(f"models:/{name} {which}: not found at {use_tracking_server()} "
                        f"({first_line(error)})") from None
 
 
@@ -51,14 +51,18 @@ def fetch_programs(version, workdir: Path) -> dict[str, Path]:
     from .registry import registered_program
 
     workdir.mkdir(parents=True, exist_ok=True)
-    programs = {"afd": registered_program(f"models:/{version.name}/{version.version}")}
+    uri = f"models:/{version.name}/{version.version}"
+    programs = {"afd": registered_program(uri)}
+    check_program_archive(programs["afd"], uri)  # a poisoned model is refused before anything else
     try:
         folder = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="benchmark",
                                                           dst_path=str(workdir)))
     except Exception as error:  # MlflowException, or an OSError from the artifact proxy
-        raise AFDError(f"models:/{version.name}/{version.version}: cannot download its benchmark programs "
+        raise AFDError(f"{uri}: cannot download its benchmark programs "
                        f"({first_line(error)})") from None
-    programs.update({path.stem: path for path in sorted(folder.glob("*.pt2"))})
+    for path in sorted(folder.glob("*.pt2")):
+        check_program_archive(path, f"{uri} (benchmark/{path.name})")
+        programs[path.stem] = path
     return programs
 
 

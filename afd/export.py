@@ -8,7 +8,11 @@ Both go through `torch.export`: TorchScript is deprecated in this torch.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import AFDError, first_line
+from .errors import AFDError, display_name, first_line
 from .io import atomic_path
 
 EXPORT_TOLERANCE = 1e-4
@@ -36,11 +40,73 @@ def save_program(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
     return Path(path)
 
 
-def load_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
+def load_program(path: str | os.PathLike, name: str | None = None) -> torch.export.ExportedProgram:
+    """The `torch.export` program in a `.pt2` file, after `check_program_archive` has found
+    nothing in it that loading would unpickle or execute. `name` (a model URI, say) is what
+    errors name; default: the path."""
+    name = name or display_name(path)
+    check_program_archive(path, name)
     try:
         return torch.export.load(str(path))
-    except (OSError, RuntimeError, ValueError) as error:
-        raise AFDError(f"{path}: not a readable torch.export program ({first_line(error)})") from None
+    except Exception as error:  # torch raises many types for a damaged archive
+        raise AFDError(f"{name}: not a readable torch.export program ({first_line(error)})") from None
+
+
+# What a plain program archive (torch.export.save of weights, buffers and tensor constants) holds,
+# relative to its root folder. Anything else (pickled or TorchScript objects, AOTInductor shared
+# libraries, the legacy pickled formats) is code that loading would run.
+_PLAIN_ENTRIES = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|extra/[^/]+"
+    r"|models/model\.json|data/sample_inputs/model\.pt"
+    r"|data/weights/model_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+"
+)
+
+
+def check_program_archive(path: str | os.PathLike, name: str) -> None:
+    """Refuse (AFDError naming `name` and the reason) a `.pt2` that `torch.export.load` would not
+    load from plain data alone. torch.export.load unpickles with `weights_only=False` any weight or
+    constant whose config says `use_pickle`, pickled objects, and sample inputs that fail to load
+    as plain tensors; it also loads AOTInductor libraries. So: only the entries of a plain
+    archive, no payload marked `use_pickle`, and sample inputs that load with `weights_only=True`."""
+
+    def refuse(reason: str):
+        return AFDError(f"{name}: refusing to load this program: {reason}")
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as error:
+        raise AFDError(f"{name}: not a torch.export program archive ({first_line(error)})") from None
+    with archive:
+        names = [entry for entry in archive.namelist() if not entry.endswith("/")]
+        roots = {entry.split("/", 1)[0] for entry in names}
+        if len(roots) != 1 or any("/" not in entry for entry in names):
+            raise refuse("not a torch.export archive (expected one root folder)")
+        entries = {entry.split("/", 1)[1]: entry for entry in names}
+        unexpected = sorted(entry for entry in entries if not _PLAIN_ENTRIES.fullmatch(entry))
+        if unexpected:
+            raise refuse(f"it holds {unexpected[0]!r}, which is not plain program data"
+                         f"{f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''}")
+        for required in ("archive_version", "models/model.json"):
+            if required not in entries:
+                raise refuse(f"{required!r} is missing: not a torch.export archive")
+        for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+            if config not in entries:
+                continue
+            try:
+                payloads = json.loads(archive.read(entries[config]))["config"]
+                pickled = sorted(key for key, meta in payloads.items() if meta.get("use_pickle") is not False)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise refuse(f"{config!r} is not a valid payload config") from None
+            if pickled:
+                raise refuse(f"{config!r} asks to unpickle {pickled[0]!r} (use_pickle)")
+        sample_inputs = entries.get("data/sample_inputs/model.pt")
+        data = archive.read(sample_inputs) if sample_inputs else b""
+        if data:
+            try:
+                torch.load(io.BytesIO(data), weights_only=True)
+            except Exception:  # torch.export.load would retry this with weights_only=False
+                raise refuse("its sample inputs are not plain tensors (they would be unpickled)") from None
 
 
 def static_program(program: torch.export.ExportedProgram, example: torch.Tensor) -> torch.export.ExportedProgram:

@@ -25,18 +25,18 @@ def registered_name(backbone: str) -> str:
 def registered_program(uri: str) -> Path:
     """The `torch.export` program file (`data/model.pt2`) of the model at a URI such as
     models:/afd-efficientnet_lite0@champion, downloaded from the tracking server in
-    $MLFLOW_TRACKING_URI (default: the local mlflow.db). A pickled model, which would run arbitrary
-    code on load, is refused."""
+    $MLFLOW_TRACKING_URI (default: the local mlflow.db). A model in another format (a pickle, which
+    would run arbitrary code on load) is refused."""
     import mlflow
 
     from .errors import AFDError, first_line
-    from .tracking import tracking_uri
+    from .tracking import use_tracking_server
 
-    mlflow.set_tracking_uri(tracking_uri())
+    server = use_tracking_server()
     try:
         local = Path(mlflow.artifacts.download_artifacts(uri))
     except Exception as error:  # MlflowException, or an OSError / HTTP error from the artifact store
-        raise AFDError(f"{uri}: cannot load it from {tracking_uri()} ({first_line(error, 300)})") from None
+        raise AFDError(f"{uri}: cannot load it from {server} ({first_line(error, 300)})") from None
     program = local / "data" / "model.pt2"
     if not program.is_file():
         raise AFDError(f"{uri}: not a torch.export program (no data/model.pt2); refusing to unpickle a model")
@@ -44,14 +44,13 @@ def registered_program(uri: str) -> Path:
 
 
 def load_registered(uri: str) -> nn.Module:
-    """The classifier at a model URI (see `registered_program`), in inference form."""
-    from .errors import AFDError, first_line
+    """The classifier at a model URI (see `registered_program`), in inference form. The program
+    archive is inspected first: one that would unpickle or execute anything is refused (see
+    afd.export.check_program_archive). Prefer this to `mlflow.pytorch.load_model` for a registry
+    that others can write to: MLflow loads the archive as it is."""
+    from .export import load_program
 
-    program = registered_program(uri)
-    try:
-        return torch.export.load(str(program)).module()
-    except (OSError, RuntimeError, ValueError) as error:
-        raise AFDError(f"{uri}: unreadable torch.export program ({first_line(error, 300)})") from None
+    return load_program(registered_program(uri), name=uri).module()
 
 
 @dataclass(frozen=True)
