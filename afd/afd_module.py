@@ -155,6 +155,10 @@ class AFDModule(nn.Module):
         self.fe = FENet(self.config.feature_channels, self.config.width, deploy=deploy)
         self.fde = FDENet(self.config) if self.config.fdm_source != "none" else None
 
+    @property
+    def feature_channels(self) -> int:
+        return self.config.feature_channels
+
     def forward(self, feature: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         if feature.shape[1] != self.config.feature_channels:
             raise ConfigError(

@@ -20,7 +20,8 @@ from .backbones import build_backbone
 from .baselines import ARCNN, DDPEnhancer
 from .classifier import EnhancedClassifier
 from .efficiency import Efficiency, measure_all
-from .repconv import reparameterize
+from .errors import ConfigError
+from .repconv import is_reparameterized, reparameterize
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ def compare_efficiency(
     tap = tap or backbone.default_tap
     channels, stride = backbone.tap_channels(tap), backbone.tap_stride(tap)
     afd = afd if afd is not None else AFDModule(AFDConfig(feature_channels=channels))
+    if not isinstance(afd, AFDModule) or is_reparameterized(afd):
+        raise ConfigError(f"the efficiency table times a trained (unfused) AFD-Module, not a "
+                          f"{'fused ' if isinstance(afd, AFDModule) else ''}{type(afd).__name__}")
+    if afd.feature_channels != channels:
+        raise ConfigError(f"the AFD-Module takes {afd.feature_channels}-channel features, but {backbone_name}'s "
+                          f"tap {tap!r} gives {channels}")
     fused = reparameterize(afd)
     images = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     feature = torch.randn(1, channels, image_size // stride, image_size // stride)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from afd.backbones import SplitBackbone
+from afd.errors import ConfigError
 
 
 class _FrozenBackbone(nn.Module):
@@ -48,6 +49,10 @@ class EnhancedClassifier(_FrozenBackbone):
         self, backbone: SplitBackbone, enhancer: nn.Module | None = None, tap: str | None = None
     ):
         super().__init__(backbone, tap)
+        expected, available = getattr(enhancer, "feature_channels", None), backbone.tap_channels(self.tap)
+        if expected is not None and expected != available:
+            raise ConfigError(f"the {type(enhancer).__name__} takes {expected}-channel features, but "
+                              f"{backbone.name}'s tap {self.tap!r} gives {available}")
         self.enhancer = enhancer
 
     def enhanced_feature(self, images: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import typer
 
-from .errors import AFDError
+from .errors import AFDError, ConfigError, display_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -74,7 +74,7 @@ def classify(
         guesses = ", ".join(
             f"{i} {names.index_to_description(i)} ({p:.3f})" for p, i in zip(top.values.tolist(), top.indices.tolist())
         )
-        typer.echo(f"{path}: {guesses}")
+        typer.echo(f"{display_name(path)}: {guesses}")
     if failures:
         raise typer.Exit(1)
 
@@ -86,8 +86,11 @@ def _local_classifier(backbone: str, weights: str | None, enhancer: Path | None,
 
     module, meta = load_enhancer(enhancer) if enhancer else (None, {})
     if meta.get("backbone", backbone) != backbone:
-        raise AFDError(f"{enhancer}: trained for backbone {meta['backbone']!r}, not {backbone!r}")
-    classifier = EnhancedClassifier(build_backbone(backbone, weights), module, tap or meta.get("tap")).eval()
+        raise AFDError(f"{display_name(enhancer)}: trained for backbone {meta['backbone']!r}, not {backbone!r}")
+    try:
+        classifier = EnhancedClassifier(build_backbone(backbone, weights), module, tap or meta.get("tap")).eval()
+    except ConfigError as error:
+        raise ConfigError(f"{display_name(enhancer)}: {error}" if enhancer else str(error)) from None
     if not classifier.backbone.pretrained:
         typer.echo(f"warning: {backbone} has random weights; its classes mean nothing", err=True)
     return classifier
@@ -106,7 +109,7 @@ def fuse(
     module, meta = load_enhancer(checkpoint)
     fused, max_abs_diff = fuse_and_verify(module, source=checkpoint)
     save_enhancer(fused, output, meta={**meta, "fused_from": str(checkpoint), "fuse_max_abs_diff": max_abs_diff})
-    typer.echo(f"{output}: fused; max |fused - trained| on a random input = {max_abs_diff:.2e}")
+    typer.echo(f"{display_name(output)}: fused; max |fused - trained| on a random input = {max_abs_diff:.2e}")
 
 
 @app.command()
@@ -126,7 +129,7 @@ def degrade(
     degraded = apply_degradation(load_image(image), kind, level, seed)
     with atomic_path(output) as tmp:
         degraded.save(tmp, format="PNG")
-    typer.echo(f"{output}: {kind} level {level}")
+    typer.echo(f"{display_name(output)}: {kind} level {level}")
 
 
 @app.command()
@@ -145,10 +148,13 @@ def efficiency(
     from .checkpoint import load_enhancer
 
     afd = load_enhancer(enhancer)[0] if enhancer else None
-    rows = compare_efficiency(
-        backbone, tap, weights, afd, image_size, threads, repeats=repeats,
-        progress=lambda names: typer.echo(f"timing {names} ...", err=True),
-    )
+    try:
+        rows = compare_efficiency(
+            backbone, tap, weights, afd, image_size, threads, repeats=repeats,
+            progress=lambda names: typer.echo(f"timing {names} ...", err=True),
+        )
+    except ConfigError as error:
+        raise ConfigError(f"{display_name(enhancer)}: {error}" if enhancer else str(error)) from None
     typer.echo(format_table([row.to_dict() for row in rows]))
     for key, value in efficiency_ratios(rows).items():
         typer.echo(f"{key}: {value:.3f}")

@@ -7,6 +7,7 @@ makes a killed run, re-run, end with exactly the weights of an uninterrupted one
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, display_name, first_line
 from .images import GRID, load_image, to_tensor
 from .io import atomic_torch_save, file_sha256
 
@@ -132,10 +133,11 @@ def train(
     state_path = Path(state_path)
     fingerprint = _fingerprint(identity, config, data)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=config.lr)
-    start, losses = _resume(state_path, fingerprint, trainable, optimizer)
+    # `window`: the losses since the last logged step; checkpointed with the rest, so a run resumed
+    # inside a logging window logs the same means as an uninterrupted one.
+    start, losses, window = _resume(state_path, fingerprint, trainable, optimizer)
     classifier.train()
     started = time.perf_counter()
-    window: list[float] = []
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations,
                desc=identity.get("name", "train"), disable=not progress, unit="it")
     for step in bar:
@@ -156,7 +158,7 @@ def train(
             if on_log is not None:
                 on_log(done, mean)
         if done % config.checkpoint_every == 0 or done == config.iterations:
-            _save_state(state_path, fingerprint, done, trainable, optimizer, losses)
+            _save_state(state_path, fingerprint, done, trainable, optimizer, losses, window)
     classifier.eval()
     return TrainResult(losses, start, time.perf_counter() - started)
 
@@ -166,25 +168,44 @@ def _fingerprint(identity: dict, config: TrainConfig, data: PatchPairs) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer) -> tuple[int, list]:
+def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer) -> tuple[int, list, list]:
+    """(step, logged losses, current logging window) from `state_path`, with the model and
+    optimizer restored; (0, [], []) to start afresh. A damaged state file is set aside
+    (`state.pt.damaged`) with one log line: it must not stop every later run."""
     if not state_path.is_file():
-        return 0, []
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
-        log.info("%s belongs to another configuration or data; training from scratch", state_path)
-        return 0, []
-    trainable.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    log.info("resuming %s at step %d", state_path, state["step"])
-    return state["step"], [tuple(item) for item in state["losses"]]
+        return 0, [], []
+    fresh_model = {name: value.clone() for name, value in trainable.state_dict().items()}
+    fresh_optimizer = copy.deepcopy(optimizer.state_dict())
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"fingerprint", "step", "model", "optimizer", "losses"} <= set(state):
+            raise ValueError("not a training state")
+        if state["fingerprint"] != fingerprint:
+            log.info("%s belongs to another configuration or data; training from scratch", display_name(state_path))
+            return 0, [], []
+        trainable.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, losses = int(state["step"]), [(int(s), float(v)) for s, v in state["losses"]]
+        window = [float(v) for v in state.get("window", [])]
+    except Exception as error:  # truncated, foreign or inconsistent: torch raises many types
+        damaged = state_path.with_name(state_path.name + ".damaged")
+        os.replace(state_path, damaged)
+        log.warning("%s: damaged resume state (%s: %s); moved to %s, training from step 0",
+                    display_name(state_path), type(error).__name__, first_line(error), damaged.name)
+        trainable.load_state_dict(fresh_model)  # the failure may have come half-way through loading
+        optimizer.load_state_dict(fresh_optimizer)
+        return 0, [], []
+    log.info("resuming %s at step %d", display_name(state_path), step)
+    return step, losses, window
 
 
-def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimizer, losses) -> None:
+def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimizer, losses, window) -> None:
     state = {
         "fingerprint": fingerprint,
         "step": step,
         "model": trainable.state_dict(),
         "optimizer": optimizer.state_dict(),
         "losses": [list(item) for item in losses],
+        "window": list(window),
     }
     atomic_torch_save(state, state_path)

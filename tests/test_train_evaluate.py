@@ -95,6 +95,36 @@ def test_killed_training_resumes_to_the_same_weights(method_name, backbone, patc
     assert result.losses == full.losses  # the loss curve survives the restart too
 
 
+def test_a_run_resumed_inside_a_logging_window_logs_the_same_curve(backbone, patch_files, tmp_path):
+    """Logged every 3 steps, checkpointed every 2: the checkpoint of step 2 holds two of the
+    window's three losses, which the resumed run must average with step 3's."""
+    cfg = config(log_every=3)
+    _, full = run("afd", backbone, patch_files, tmp_path / "a.pt", cfg)
+
+    def kill_at_step_3(step, loss):
+        raise KeyboardInterrupt  # the first log is at step 3, after the checkpoint of step 2
+
+    with pytest.raises(KeyboardInterrupt):
+        run("afd", backbone, patch_files, tmp_path / "b.pt", cfg, on_log=kill_at_step_3)
+    _, resumed = run("afd", backbone, patch_files, tmp_path / "b.pt", cfg)
+    assert resumed.resumed_from == 2 and [step for step, _ in full.losses] == [3, 6]
+    assert resumed.losses == full.losses
+
+
+def test_a_damaged_resume_state_is_set_aside_and_training_starts_afresh(backbone, patch_files, tmp_path, caplog):
+    fresh, expected = run("afd", backbone, patch_files, tmp_path / "fresh.pt", config())
+    for damage in (b"PK\x03\x04 truncated", b""):
+        state = tmp_path / "state.pt"
+        state.write_bytes(damage)
+        with caplog.at_level("WARNING", logger="afd.train"):
+            module, result = run("afd", backbone, patch_files, state, config())
+        assert result.resumed_from == 0 and result.losses == expected.losses
+        assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), module.state_dict().values()))
+        assert (tmp_path / "state.pt.damaged").read_bytes() == damage
+        warning = [r.getMessage() for r in caplog.records if "damaged resume state" in r.getMessage()][-1]
+        assert warning.startswith(f"{state}: damaged resume state (") and "\n" not in warning
+
+
 def test_a_checkpoint_of_another_configuration_is_not_resumed(backbone, patch_files, tmp_path):
     run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))
     _, result = run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=4, lr=5e-4))
