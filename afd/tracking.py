@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import AFDError, first_line
+from .errors import AFDError, first_line, redact
 from .io import file_sha256
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "afd"
@@ -25,6 +29,29 @@ EXPERIMENT = "afd"
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def use_tracking_server() -> str:
+    """Point MLflow at `tracking_uri()` and return it as messages may show it (credentials
+    redacted). A server that refuses the connection or whose host does not resolve is an AFDError
+    at once: MLflow would retry that for minutes. Timeouts and server errors keep MLflow's retries."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    shown = redact(uri)
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            socket.create_connection((parts.hostname, port), timeout=5).close()
+        except (ConnectionRefusedError, socket.gaierror, ValueError) as error:
+            reason = "connection refused" if isinstance(error, ConnectionRefusedError) else first_line(error)
+            raise AFDError(f"MLflow tracking at {shown} is unreachable ({reason}); "
+                           "outputs already written are kept: re-run to log them") from None
+        except OSError:  # a timeout or a transient network error: MLflow's retries decide
+            pass
+    return shown
 
 
 def git_commit() -> str:
@@ -73,17 +100,24 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+PROCESS_TAGS = ("process.host", "process.pid")  # which process owns a run: see close_abandoned_runs
+
+
 @contextlib.contextmanager
 def tracked_run(run_name: str, params: dict | None = None, tags: dict | None = None) -> Iterator:
-    """An MLflow run in the "afd" experiment; an unreachable tracking server is a clear AFDError."""
+    """An MLflow run in the "afd" experiment; an unreachable tracking server is a clear AFDError.
+    The run ends FINISHED, FAILED on an error, or KILLED on an interrupt (SIGINT, or SIGTERM in a
+    stage); a run of the same name left RUNNING by a process of this host that no longer exists
+    (SIGKILL) is marked KILLED first."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    uri = use_tracking_server()
+    owner = {PROCESS_TAGS[0]: socket.gethostname(), PROCESS_TAGS[1]: str(os.getpid())}
     try:
-        mlflow.set_experiment(EXPERIMENT)
-        run = mlflow.start_run(run_name=run_name, tags=tags)
+        experiment = mlflow.set_experiment(EXPERIMENT)
+        close_abandoned_runs(experiment.experiment_id, run_name)
+        run = mlflow.start_run(run_name=run_name, tags={**(tags or {}), **owner})
     except MlflowException as error:
         raise AFDError(f"MLflow tracking at {uri} is unreachable ({first_line(error)}); "
                        "outputs already written are kept: re-run to log them") from None
@@ -97,9 +131,42 @@ def tracked_run(run_name: str, params: dict | None = None, tags: dict | None = N
         raise AFDError(f"MLflow tracking at {uri} failed during run {run_name!r} "
                        f"({first_line(error)}); outputs already written are kept: "
                        "re-run to log them") from None
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
     finally:
         try:
             mlflow.end_run(status)
-        except MlflowException as error:  # unreachable server: the run stays open there
-            logging.getLogger(__name__).warning("MLflow run %r not closed at %s (%s)", run_name, uri,
-                                                first_line(error))
+        except MlflowException as error:  # unreachable server: the next run of this name closes it
+            log.warning("MLflow run %r not closed at %s (%s)", run_name, uri, first_line(error))
+
+
+def close_abandoned_runs(experiment_id: str, run_name: str) -> list[str]:
+    """Mark KILLED the runs named `run_name` still RUNNING whose process, on this host, is gone
+    (killed with SIGKILL, or its server was down when it ended). Returns their ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    running = client.search_runs(
+        [experiment_id],
+        f"attributes.run_name = '{run_name}' AND attributes.status = 'RUNNING' AND tags.`{PROCESS_TAGS[0]}` = '{host}'")
+    closed = []
+    for run in running:
+        pid = run.data.tags.get(PROCESS_TAGS[1], "")
+        if pid.isdigit() and not _process_exists(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+            log.info("MLflow run %s (%r) was left RUNNING by process %s, which is gone: marked KILLED",
+                     run.info.run_id, run_name, pid)
+    return closed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

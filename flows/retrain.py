@@ -37,15 +37,22 @@ class DeviceTimeout(AFDError):
     pass
 
 
-def grid_task_runner(dask_address: str | None):
-    """Dask for the grid: the scheduler at `dask_address`, else a local cluster (one process per
-    core, one thread each: the cells are CPU-bound PyTorch)."""
+def local_cluster_settings(threads_per_cell: int = 1) -> dict:
+    """The local Dask cluster's settings: one single-task process per `threads_per_cell` cores (at
+    least one; a cell computes with that many PyTorch threads, params.yaml numerics.threads), so
+    the cores are not oversubscribed; scheduler and dashboard on loopback only."""
+    workers = max(1, (os.cpu_count() or 1) // threads_per_cell)
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:8787"}
+
+
+def grid_task_runner(dask_address: str | None, threads_per_cell: int):
+    """Dask for the grid: the scheduler at `dask_address`, else a local cluster."""
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    workers = max(1, min(2, os.cpu_count() or 1))
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return DaskTaskRunner(cluster_kwargs=local_cluster_settings(threads_per_cell))
 
 
 @flow(name="afd-evaluation-grid")
@@ -120,7 +127,8 @@ def retrain(
     reproduce(["efficiency"])
     publish_efficiency(backbones)
 
-    grids = evaluation_grid.with_options(task_runner=grid_task_runner(dask_address))(params, backbones)
+    runner = grid_task_runner(dask_address, params["numerics"]["threads"])
+    grids = evaluation_grid.with_options(task_runner=runner)(params, backbones)
     receipts = {}
     for backbone in backbones:
         record = record_evaluation(params, backbone, grids[backbone])
