@@ -26,11 +26,15 @@ def patch_sets(params: dict) -> tuple[Path, dict[str, Path]]:
 
 def eval_sets(params: dict) -> dict[str, Path]:
     """Every evaluation set by name, "clean" first, in params.yaml's order."""
-    sets = {"clean": EVAL / "clean"}
-    sets.update({f"jpeg_q{q}": EVAL / f"jpeg_q{q}" for q in params["eval_sets"]["jpeg_qualities"]})
-    sets.update({f"multi_ct{t}": EVAL / f"multi_ct{t}" for t in params["eval_sets"]["compression_times"]})
-    sets.update({f"avif_q{q}": EVAL / f"avif_q{q}" for q in params["eval_sets"]["avif_qualities"]})
-    return sets
+    names = ["clean", *(f"jpeg_q{q}" for q in params["eval_sets"]["jpeg_qualities"]),
+             *(f"multi_ct{t}" for t in params["eval_sets"]["compression_times"]),
+             *(f"avif_q{q}" for q in params["eval_sets"]["avif_qualities"])]
+    return {name: eval_set(name) for name in names}
+
+
+def eval_set(name: str) -> Path:
+    """The folder of the evaluation set `name` (one of `eval_sets`' keys)."""
+    return EVAL / name
 
 
 def model_dir(backbone: str, method: str) -> Path:

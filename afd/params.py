@@ -1,82 +1,283 @@
-"""params.yaml: loading it, and checking the keys the data stages use (stages and flows read it here)."""
+"""params.yaml: one typed schema for the whole file, and a record of which keys a process read.
+
+`load_params` checks every key against `ParamsSchema` (pydantic): a wrong value, a missing or an
+unknown key is a ConfigError naming its key path and what is allowed. Numbers are read as numbers
+however YAML typed them (PyYAML reads `1e-4` as a string). The result is a plain mapping of the
+file's own keys that notes each key read from it (`used_keys`), so a test can check that dvc.yaml
+declares every parameter a stage really uses.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
-from .errors import ConfigError
+from .afd_module import FDM_SOURCES
+from .compress import MAX_COMPRESSION_TIMES
+from .errors import ConfigError, display_name
+from .images import GRID
+from .layout import eval_sets
+from .methods import METHOD_KINDS
 
-SOURCE_KINDS = ("embedded", "folders")
 DEPLOY_FORMATS = ("executorch", "onnx")  # what `register` can attach, each checked against PyTorch
 
 
+# ---- the schema ---------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not silently ignored
+
+
+Quality = Annotated[StrictInt, Field(ge=1, le=100)]
+Count = Annotated[StrictInt, Field(ge=1)]
+GridSize = Annotated[StrictInt, Field(ge=GRID, multiple_of=GRID)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # lax: "1e-4" (a YAML string) is 0.0001
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class Embedded(_Section):
+    eval_photos: Annotated[list[NonEmpty], Field(min_length=1)]
+    view_sizes: Annotated[list[Annotated[StrictInt, Field(ge=224, le=4096)]], Field(min_length=1)]
+
+
+class Sources(_Section):
+    kind: Literal["embedded", "folders"]
+    embedded: Embedded
+    train_dir: NonEmpty | None = None
+    eval_dir: NonEmpty | None = None
+    imagenet_c_dir: NonEmpty | None = None
+    max_eval_images: Annotated[StrictInt, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _folders_are_given(self):
+        if self.kind == "folders":
+            missing = [key for key in ("train_dir", "eval_dir") if not getattr(self, key)]
+            if missing:
+                raise ValueError(f"kind folders needs {' and '.join(missing)}: a folder path or s3:// URL")
+        return self
+
+
+class Patches(_Section):
+    size: GridSize
+    qualities: Annotated[list[Quality], Field(min_length=1)]
+
+
+class EvalSets(_Section):
+    jpeg_qualities: Annotated[list[Quality], Field(min_length=1)]
+    resave_q85: StrictBool
+    compression_times: Annotated[list[Annotated[StrictInt, Field(ge=1, le=MAX_COMPRESSION_TIMES)]],
+                                 Field(min_length=1)]
+    avif_qualities: Annotated[list[Quality], Field(min_length=1)]
+
+
+class Backbone(_Section):
+    weights: NonEmpty | None = None  # None: the default (see afd.backbones)
+    tap: NonEmpty | None = None  # None: the backbone's default tap
+
+
+class MethodSpec(_Section):
+    kind: Literal[METHOD_KINDS]  # type: ignore[valid-type]
+    fdm_source: Literal[FDM_SOURCES] | None = None  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _fdm_source_is_afds(self):
+        if self.fdm_source is not None and self.kind != "afd":
+            raise ValueError(f"fdm_source applies to kind afd only, not {self.kind}")
+        return self
+
+
+class Train(_Section):
+    backbones: Annotated[list[NonEmpty], Field(min_length=1)]
+    methods: Annotated[list[NonEmpty], Field(min_length=1)]
+    mix_clean: StrictBool
+
+
+class Fuse(_Section):
+    methods: list[NonEmpty]
+    verify_set: NonEmpty
+
+
+class Profile(_Section):
+    patch_count: Count
+    iterations: Count
+    batch_size: Count
+    crop: GridSize
+    lr: Rate
+    lr_drop_at: Annotated[StrictInt, Field(ge=0)]
+    lr_after_drop: Rate
+    checkpoint_every: Count
+
+
+class Evaluate(_Section):
+    batch_size: Count
+
+
+class Register(_Section):
+    deploy_formats: list[Literal[DEPLOY_FORMATS]]  # type: ignore[valid-type]
+
+
+class Efficiency(_Section):
+    threads: Count
+    warmup: Annotated[StrictInt, Field(ge=0)]
+    repeats: Count
+
+
+class Numerics(_Section):
+    threads: Count
+
+
+class ParamsSchema(_Section):
+    seed: Annotated[StrictInt, Field(ge=0)]
+    numerics: Numerics
+    sources: Sources
+    patches: Patches
+    eval_sets: EvalSets
+    backbones: dict[str, Backbone]
+    methods: dict[str, MethodSpec]
+    train: Train
+    fuse: Fuse
+    profile: NonEmpty
+    profiles: dict[str, Profile]
+    evaluate: Evaluate
+    register_: Register = Field(alias="register")  # `register` would shadow BaseModel.register
+    efficiency: Efficiency
+
+    @model_validator(mode="after")
+    def _names_refer_to_defined_entries(self):
+        def defined(key: str, names: list[str], among: dict | list, what: str) -> None:
+            unknown = [name for name in names if name not in among]
+            if unknown:
+                raise ValueError(f"{key}: {', '.join(map(repr, unknown))} not among the {what} "
+                                 f"({', '.join(among) or 'none'})")
+
+        defined("profile", [self.profile], self.profiles, "profiles")
+        defined("train.backbones", self.train.backbones, self.backbones, "backbones")
+        defined("train.methods", self.train.methods, self.methods, "methods")
+        defined("fuse.methods", self.fuse.methods, self.train.methods, "train.methods")
+        not_fusable = [name for name in self.fuse.methods if self.methods[name].kind != "afd"]
+        if not_fusable:
+            raise ValueError(f"fuse.methods: {', '.join(map(repr, not_fusable))} is not of kind afd: nothing to fuse")
+        sets = eval_sets({"eval_sets": self.eval_sets.model_dump()})
+        if self.fuse.verify_set not in sets:
+            raise ValueError(f"fuse.verify_set: {self.fuse.verify_set!r} is not an evaluation set ({', '.join(sets)})")
+        return self
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
 def load_params(path: str = "params.yaml") -> dict:
-    """params.yaml as a dict, with the data stages' keys checked (ConfigError names the bad key)."""
+    """params.yaml checked against ParamsSchema, as a mapping of the file's keys (values coerced
+    to their types) that records which keys are read (`used_keys`)."""
     try:
-        params = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(Path(path).read_text())
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from e
+        raise ConfigError(f"{display_name(path)}: cannot read it ({e.strerror or e})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {type(params).__name__}")
-    _check_data_params(params, path)
-    return params
+        raise ConfigError(f"{display_name(path)}: not valid YAML ({' '.join(str(e).split())})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{display_name(path)}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        schema = ParamsSchema.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{display_name(path)}: {_describe(e)}") from None
+    return _UsageRecorder(schema.model_dump(by_alias=True, exclude_unset=True), "", _USED)
 
 
 def training_profile(params: dict) -> dict:
     """The training settings of the selected profile: params["profiles"][params["profile"]]."""
-    profiles = params.get("profiles") or {}
-    name = params.get("profile")
-    if name not in profiles:
-        raise ConfigError(f"unknown profile {name!r}; known: {', '.join(profiles) or 'none'}")
-    return profiles[name]
+    return params["profiles"][params["profile"]]
 
 
-def _check_data_params(params: dict, path: str) -> None:
-    def value(key: str) -> Any:
-        node = params
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{path}: missing key {key}")
-            node = node[part]
-        return node
-
-    def check(key: str, ok: Callable[[Any], bool], need: str) -> None:
-        if not ok(value(key)):
-            raise ConfigError(f"{path}: {key} must be {need}, got {value(key)!r}")
-
-    def int_list(low: int, high: float = float("inf")) -> Callable[[Any], bool]:
-        return lambda v: isinstance(v, list) and bool(v) and all(_int_in(x, low, high) for x in v)
-
-    check("seed", lambda v: _int_in(v, 0), "an integer >= 0")
-    check("sources.kind", lambda v: v in SOURCE_KINDS, f"one of {', '.join(SOURCE_KINDS)}")
-    if value("sources.kind") == "folders":
-        for key in ("sources.train_dir", "sources.eval_dir"):
-            check(key, lambda v: isinstance(v, str) and v, "a folder path or s3:// URL")
-    else:
-        check("sources.embedded.eval_photos", lambda v: isinstance(v, list) and v and all(
-            isinstance(x, str) for x in v), "a non-empty list of photo names")
-        check("sources.embedded.view_sizes", int_list(224), "a non-empty list of integers >= 224")
-    check("sources.imagenet_c_dir", lambda v: v is None or (isinstance(v, str) and v),
-          "null or a folder path / s3:// URL")
-    check("sources.max_eval_images", lambda v: _int_in(v, 0), "an integer >= 0 (0: all)")
-    check("patches.size", lambda v: _int_in(v, 16) and v % 16 == 0, "a multiple of 16, >= 16")
-    check("patches.qualities", int_list(1, 100), "a non-empty list of integers in 1..100")
-    check("eval_sets.jpeg_qualities", int_list(1, 100), "a non-empty list of integers in 1..100")
-    check("eval_sets.avif_qualities", int_list(1, 100), "a non-empty list of integers in 1..100")
-    check("eval_sets.compression_times", int_list(1), "a non-empty list of integers >= 1")
-    check("eval_sets.resave_q85", lambda v: isinstance(v, bool), "true or false")
-    check("train.mix_clean", lambda v: isinstance(v, bool), "true or false")
-    profile_key = f"profiles.{value('profile')}.patch_count"
-    training_profile(params)  # the profile exists
-    check(profile_key, lambda v: _int_in(v, 1), "an integer >= 1")
-    check("register.deploy_formats", lambda v: isinstance(v, list) and all(x in DEPLOY_FORMATS for x in v),
-          f"a list of formats among {', '.join(DEPLOY_FORMATS)}")
+def _describe(error: ValidationError) -> str:
+    """The first problems of a ValidationError, one line: `key.path: what is wrong (got value)`."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-after"))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            problems.append(f"{key}: missing")
+        elif item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        elif isinstance(item["input"], dict):  # a check across keys: its message says what
+            problems.append(f"{key}: {message}" if key else message)
+        else:
+            problems.append(f"{key}: {message} (got {item['input']!r})"[:300])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
 
 
-def _int_in(v: Any, low: float, high: float = float("inf")) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+# ---- which keys were read -----------------------------------------------------------------------
+
+_USED: set[str] = set()
+
+
+def used_keys() -> list[str]:
+    """The dotted params.yaml keys this process has read from any loaded params: a value read
+    (`train.methods`), a key looked up (`backbones.x.tap`, present or not), or a whole section
+    iterated (`methods`)."""
+    return sorted(_USED)
+
+
+class _UsageRecorder(dict):
+    """A params.yaml section (a plain dict underneath) that notes in `used` each key read from it.
+    Reaching a sub-section notes nothing by itself: only what is read from it."""
+
+    def __init__(self, data=(), path: str = "", used: set[str] | None = None):
+        # Defaults: libraries that rebuild a mapping as type(m)(items) (Prefect) get a working one.
+        super().__init__(data)
+        used = _USED if used is None else used
+        self._path, self._used = path, used
+
+    def _key(self, key: Any) -> str:
+        return f"{self._path}.{key}" if self._path else str(key)
+
+    def _note(self, key: str) -> None:
+        self._used.add(key or "<all of params.yaml>")
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if isinstance(value, dict):
+            return _UsageRecorder(value, self._key(key), self._used)
+        self._note(self._key(key))
+        return value
+
+    def get(self, key, default=None):
+        if super().__contains__(key):
+            return self[key]
+        self._note(self._key(key))  # absent: the answer depends on the key staying absent
+        return default
+
+    def __contains__(self, key) -> bool:
+        self._note(self._key(key))
+        return super().__contains__(key)
+
+    def _whole(self) -> None:
+        self._note(self._path)
+
+    def __iter__(self):
+        self._whole()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._whole()
+        return super().__len__()
+
+    def keys(self):
+        self._whole()
+        return super().keys()
+
+    def items(self):
+        self._whole()
+        return [(key, self[key]) for key in super().keys()]
+
+    def values(self):
+        self._whole()
+        return [self[key] for key in super().keys()]
+
+    def __reduce__(self):  # pickles (Prefect, Dask) as the plain dict it holds
+        return dict, (dict.copy(self),)

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from afd.benchmark import format_table
+from afd.determinism import pin_cpu_numerics
 from afd.errors import AFDError
 from afd.layout import METRICS, eval_sets, fused_model, trained_model
 from afd.methods import Method
@@ -95,7 +96,9 @@ def _cell_cache_key(context, parameters: dict) -> str | None:
 
 @task(task_run_name="evaluate {backbone} {method} {set_name}", cache_key_fn=_cell_cache_key, persist_result=True)
 def evaluate_grid_cell(params: dict, backbone: str, method: str, set_name: str) -> dict:
-    """One cell of the grid (method or DirectTest on one set)."""
+    """One cell of the grid (method or DirectTest on one set), on the pinned CPU code paths of the
+    `evaluate` stage, so the cell equals the stage's."""
+    pin_cpu_numerics(params["numerics"]["threads"])
     return evaluate_cell(params, backbone, method, set_name)
 
 

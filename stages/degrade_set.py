@@ -31,14 +31,15 @@ def main() -> None:
         copy_imagenet_c(args.clean, args.out, args.level, imagenet_c_dir)
         print(f"{args.out}: released ImageNet-C files at quality {args.level}")
         return
+    # Only multi-compression draws (seeded) qualities: other kinds must not depend on those keys.
+    multi = {"seed": params["seed"], "multi_qualities": params["eval_sets"]["jpeg_qualities"]} if args.kind == "multi" else {}
     make_degraded_set(
         args.clean,
         args.out,
         args.kind,
         args.level,
-        seed=params["seed"],
         resave_q85=args.resave_q85 and params["eval_sets"]["resave_q85"],
-        multi_qualities=params["eval_sets"]["jpeg_qualities"],
+        **multi,
     )
     print(f"{args.out}: {args.kind} {args.level} of {args.clean}")
 

@@ -1,6 +1,7 @@
 """Evaluate the grid method x set for one backbone: DirectTest and every trained method on the
 clean, JPEG, multi-compression and AVIF sets (params: eval_sets, train.methods, evaluate)."""
 
+from afd.determinism import pin_cpu_numerics
 from afd.io import write_json
 from afd.layout import METRICS
 from afd.params import load_params
@@ -13,6 +14,7 @@ from stage import stage_arguments, stage_main
 def main() -> None:
     args = stage_arguments(__doc__, backbone=True).parse_args()
     params = load_params(args.params)
+    pin_cpu_numerics(params["numerics"]["threads"])
     trained = trained_methods(params, args.backbone)
     record = evaluation_record(params, trained, evaluate_backbone(params, trained))
     write_json(METRICS / "eval" / f"{args.backbone}.json", record)

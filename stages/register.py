@@ -5,6 +5,7 @@ gate (params: backbones.<backbone>, train.methods)."""
 
 import json
 
+from afd.determinism import pin_cpu_numerics
 from afd.io import write_json
 from afd.layout import METRICS
 from afd.params import load_params
@@ -17,6 +18,7 @@ from stage import stage_arguments, stage_main
 def main() -> None:
     args = stage_arguments(__doc__, backbone=True).parse_args()
     params = load_params(args.params)
+    pin_cpu_numerics(params["numerics"]["threads"])
     evaluation = json.loads((METRICS / "eval" / f"{args.backbone}.json").read_text())
     receipt = register_backbone(params, args.backbone, evaluation)
     write_json(METRICS / "register" / f"{args.backbone}.json", receipt)

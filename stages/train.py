@@ -13,6 +13,7 @@ import torch
 
 from afd.checkpoint import save_enhancer
 from afd.data import load_set
+from afd.determinism import pin_cpu_numerics
 from afd.io import atomic_write_text, write_json
 from afd.layout import CHECKPOINTS, METRICS, PLOTS, backbone_from_params, patch_sets, trained_model
 from afd.methods import Method
@@ -27,6 +28,7 @@ from stage import stage_arguments, stage_main
 def main() -> None:
     args = stage_arguments(__doc__, backbone=True, method=True).parse_args()
     params = load_params(args.params)
+    numerics = pin_cpu_numerics(params["numerics"]["threads"])
     method = Method.from_params(args.method, params["methods"])
     config = TrainConfig.from_profile(training_profile(params), params["seed"])
     backbone, tap = backbone_from_params(params, args.backbone)
@@ -48,7 +50,8 @@ def main() -> None:
     tags = {**lineage_tags(args.backbone, backbone.weights_file, [clean_dir, *degraded_dirs.values()]),
             "stage": "train", "method": args.method}
     run_params = {"method": params["methods"][args.method], "profile": params["profile"],
-                  "training": dataclasses.asdict(config), "mix_clean": params["train"]["mix_clean"], "tap": tap}
+                  "training": dataclasses.asdict(config), "mix_clean": params["train"]["mix_clean"], "tap": tap,
+                  "numerics": numerics}
     with tracked_run(f"train@{args.backbone}-{args.method}", run_params, tags):
         result = train(classifier, module, method.loss, data, config,
                        CHECKPOINTS / args.backbone / args.method / "state.pt", identity,
