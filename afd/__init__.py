@@ -1,0 +1,1 @@
+"""AFD-Module: making pre-trained image classifiers robust to lossy compression (see README)."""

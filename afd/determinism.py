@@ -28,9 +28,10 @@ def pin_cpu_numerics(threads: int) -> dict[str, str]:
     pinned = {"threads": str(threads), "deterministic_algorithms": "true"}
     if platform.machine().lower() in ("x86_64", "amd64"):
         os.environ.update(X86_PINS)  # a no-op when this process pinned them already
-        if torch.backends.cpu.get_cpu_capability() != "AVX2":
-            raise AFDError("pin_cpu_numerics was called after PyTorch had chosen its CPU kernels; "
-                           "call it before any tensor operation")
+        capability = torch.backends.cpu.get_cpu_capability()
+        if capability != "AVX2":
+            raise AFDError(f"PyTorch's CPU kernels could not be pinned to AVX2 (they are {capability}): a tensor "
+                           "operation ran before pin_cpu_numerics, or this CPU lacks AVX2")
         pinned.update(X86_PINS)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)

@@ -36,7 +36,8 @@ def display_name(path) -> str:
     return name if name.isprintable() else repr(name)
 
 
-_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# Up to the last "@" before the path: a password may hold an unescaped "@".
+_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]+@")
 
 
 def redact(text: str) -> str:

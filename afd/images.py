@@ -15,7 +15,7 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from afd.errors import ConfigError, ImageLoadError
 
@@ -146,7 +146,7 @@ def _bound_decoded_size(img: Image.Image, path) -> None:
                                    f"limit of {MAX_DECLARED_PIXELS:,}")
     if pixels <= MAX_DECODED_PIXELS:
         return
-    if img.format == "JPEG":
+    if isinstance(img, JpegImagePlugin.JpegImageFile):  # JPEG and MPO (many phones' JPEGs)
         scale = next(s for s in (2, 4, 8) if pixels / (s * s) <= MAX_DECODED_PIXELS)
         img.draft(None, (-(-width // scale), -(-height // scale)))
         return

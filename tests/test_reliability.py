@@ -209,3 +209,16 @@ def test_the_local_dask_cluster_listens_on_loopback_only():
         dashboard = cluster.scheduler.http_server.port
     assert dashboard in {address.port for address in opened}  # the scheduler's and the dashboard's
     assert {address.ip for address in opened} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("http://u:pw@127.0.0.1:5000/api failed", "http://***@127.0.0.1:5000/api failed"),
+    ("https://user:p@ss@host/x", "https://***@host/x"),  # an unescaped @ in the password
+    ("s3://key:secret@bucket/photos", "s3://***@bucket/photos"),
+    ("http://host/path?mail=a@b.c", "http://host/path?mail=a@b.c"),  # no user-info: unchanged
+])
+def test_credentials_in_urls_are_redacted(text, shown):
+    from afd.errors import display_name, redact
+
+    assert redact(text) == shown
+    assert display_name(text) == shown
