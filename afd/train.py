@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .determinism import X86_PINS
 from .errors import ConfigError, display_name, first_line
 from .images import GRID, load_image, to_tensor
 from .io import atomic_torch_save, file_sha256
@@ -164,8 +166,28 @@ def train(
 
 
 def _fingerprint(identity: dict, config: TrainConfig, data: PatchPairs) -> str:
-    payload = json.dumps({"identity": identity, "config": asdict(config), "data": data.fingerprint()}, sort_keys=True)
+    """What a resumed run must share with the checkpoint: the method and backbone, the settings,
+    the data, the code and the CPU numerics. A checkpoint of other code or numerics (a changed loss,
+    another thread count) would otherwise be resumed, or even taken as finished, when DVC re-runs
+    the stage because that code changed."""
+    payload = json.dumps({"identity": identity, "config": asdict(config), "data": data.fingerprint(),
+                          "code": _code_digest(), "numerics": _numerics()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _code_digest() -> str:
+    """sha256 over the source of every module of this package loaded now (what DVC's train stage
+    lists as its code), by module name."""
+    digest = hashlib.sha256()
+    for name, module in sorted(sys.modules.items()):
+        if (name == "afd" or name.startswith("afd.")) and getattr(module, "__file__", None):
+            digest.update(f"{name}:{file_sha256(module.__file__)}\n".encode())
+    return digest.hexdigest()
+
+
+def _numerics() -> dict:
+    return {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            **{key: os.environ.get(key) for key in X86_PINS}}
 
 
 def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer) -> tuple[int, list, list]:

@@ -131,6 +131,23 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(backbone, patch_fi
     assert result.resumed_from == 0
 
 
+def test_a_checkpoint_of_other_code_or_other_numerics_is_not_resumed(backbone, patch_files, tmp_path, monkeypatch):
+    """DVC re-runs training when its code changes; the finished checkpoint of the old code must not
+    then be taken as the result (nor one computed with another thread count)."""
+    import afd.train
+
+    run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))
+    assert run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))[1].resumed_from == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads != 1 else 2)
+    try:
+        assert run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))[1].resumed_from == 0
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(afd.train, "_code_digest", lambda: "the code changed")
+    assert run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))[1].resumed_from == 0
+
+
 def test_a_checkpoint_resumes_on_the_same_data_elsewhere_but_not_on_changed_data(backbone, patch_files, tmp_path):
     """Like a `dvc pull` into another checkout: the same files in a new folder, with new mtimes,
     resume the interrupted run; one patch's content changed starts it over."""
