@@ -476,7 +476,7 @@ def test_params_with_a_missing_key_and_numbers_written_as_yaml_strings(tmp_path)
     assert load_params(str(tmp_path / "params.yaml"))["profiles"]["paper"]["lr"] == 1e-4
 
 
-def test_stage_errors_exit_2_naming_the_key(tmp_path):
+def test_stage_errors_exit_2_naming_the_key(tmp_path, monkeypatch, capsys):
     _write_params(tmp_path, {"patches.size": 100})
     result = _stage(tmp_path, "patches.py")
     assert result.returncode == 2
@@ -485,14 +485,18 @@ def test_stage_errors_exit_2_naming_the_key(tmp_path):
     )
     assert "Traceback" not in result.stderr
 
+    def exit_status(script: str, *args: str) -> int:  # the same, in this process (no interpreter start)
+        with pytest.raises(SystemExit) as exit_:
+            _stage_in_process(tmp_path, script, *args, monkeypatch=monkeypatch)
+        return exit_.value.code
+
     _write_params(tmp_path, {"sources.kind": "folders", "sources.train_dir": "nowhere",
                              "sources.eval_dir": "x"})
-    result = _stage(tmp_path, "patches.py")
-    assert result.returncode == 2 and "error: image source nowhere: no such folder" in result.stderr
+    assert exit_status("patches.py") == 2
+    assert "error: image source nowhere: no such folder" in capsys.readouterr().err
 
     _write_params(tmp_path)
-    result = _stage(tmp_path, "degrade_set.py", "--kind", "jpeg", "--level", "7", "--clean",
-                    "data/eval/clean", "--out", "data/eval/jpeg_q7")
-    assert result.returncode == 2
-    assert "error: data set data/eval/clean: no such folder" in result.stderr
+    assert exit_status("degrade_set.py", "--kind", "jpeg", "--level", "7", "--clean", "data/eval/clean",
+                       "--out", "data/eval/jpeg_q7") == 2
+    assert "error: data set data/eval/clean: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()

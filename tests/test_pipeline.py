@@ -104,7 +104,7 @@ def test_dvc_yaml_declares_every_parameter_and_module_that_each_stage_used(repo)
 def test_the_grid_covers_every_method_and_set(repo):
     result = metrics(repo)
     assert result["methods"] == ["direct", "afd", "arcnn"]
-    sets = {"clean", "jpeg_q25", "jpeg_q7", "multi_ct1", "multi_ct2", "avif_q25"}
+    sets = {"clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q25"}
     for method in result["methods"]:
         assert set(result["grid"][method]) == sets
         assert set(result["averages"][method]) == {"jpeg", "multi", "avif"}
@@ -117,7 +117,7 @@ def test_direct_test_is_the_reference_and_compression_really_drifts(repo):
     assert grid["clean"] == {"agreement": 1.0, "kl": 0.0, "feature_mse": 0.0}
     assert grid["jpeg_q7"]["feature_mse"] > grid["jpeg_q25"]["feature_mse"] > 0
     assert grid["jpeg_q7"]["kl"] > 0
-    assert grid["multi_ct2"]["feature_mse"] >= grid["multi_ct1"]["feature_mse"] * 0.9
+    assert grid["multi_ct2"]["feature_mse"] > 0
 
 
 def test_fused_model_equals_the_trained_one_and_is_recorded(repo):
@@ -525,6 +525,6 @@ def test_repro_is_incremental(repo):
     rerun = dvc(repo, "repro", f"evaluate@{BACKBONE}")
     assert rerun.returncode == 0, rerun.stderr
     assert ran_stages(rerun) == {"eval_avif@20", f"evaluate@{BACKBONE}"}
-    assert set(metrics(repo)["grid"]["direct"]) == {"clean", "jpeg_q25", "jpeg_q7", "multi_ct1", "multi_ct2", "avif_q20"}
+    assert set(metrics(repo)["grid"]["direct"]) == {"clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q20"}
     stale = {line.rstrip(":") for line in dvc(repo, "status").stdout.splitlines() if line and not line[0].isspace()}
     assert stale == {f"register@{BACKBONE}", "report"}
