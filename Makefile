@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'  # modules compile when first imported: ~50 s less
+	$(BIN)/pip install --quiet -e '.[dev]'  # precompiled: PYTHONDONTWRITEBYTECODE may be set, and torch would recompile in every process
 	touch $@
 
 install: $(INSTALLED)
