@@ -18,8 +18,10 @@ install: $(INSTALLED)
 repro: $(INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# Two workers, one test file each at a time; the two end-to-end files start first (tests/conftest.py),
+# one on each worker, and the rest fill in: about half the serial time on 2 cores.
 test: $(INSTALLED)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The local stack on loopback: S3 (SeaweedFS), MLflow, the Prefect server (UI :4200), the work
 # pools with prefect.yaml's deployments, a training worker and a device worker; prints the URLs.

@@ -68,6 +68,16 @@ def objects_holding_credentials(s3) -> list[str]:
     return [key for key in bucket.find(s3.bucket) if any(secret in bucket.cat_file(key) for secret in CREDENTIALS)]
 
 
+END_TO_END_FIRST = ("test_pipeline.py", "test_flows.py")  # the longest files (minutes each)
+
+
+def pytest_collection_modifyitems(items):
+    """Run the end-to-end files first: under `make test` (xdist, one file per worker, in collection
+    order) they then start together on the two workers instead of queueing behind each other."""
+    items.sort(key=lambda item: END_TO_END_FIRST.index(item.path.name) if item.path.name in END_TO_END_FIRST
+               else len(END_TO_END_FIRST))
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     server = start_s3(tmp_path_factory.mktemp("seaweedfs"), TEST_ACCESS_KEY, TEST_SECRET_KEY, BUCKET)
