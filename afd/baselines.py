@@ -29,13 +29,15 @@ class ARCNN(nn.Module):
         self.enhance = nn.Conv2d(64, 32, 7, padding=3)
         self.map = nn.Conv2d(32, 16, 1)
         self.reconstruct = nn.Conv2d(16, 3, 5, padding=2)
+        # modules, not F.relu: training counts the channels each activation leaves alive
+        self.extract_act, self.enhance_act, self.map_act = nn.ReLU(), nn.ReLU(), nn.ReLU()
         nn.init.zeros_(self.reconstruct.weight)
         nn.init.zeros_(self.reconstruct.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.extract(images))
-        x = F.relu(self.enhance(x))
-        x = F.relu(self.map(x))
+        x = self.extract_act(self.extract(images))
+        x = self.enhance_act(self.enhance(x))
+        x = self.map_act(self.map(x))
         return images + self.reconstruct(x)
 
 

@@ -24,6 +24,10 @@ class ConfigError(AFDError):
     """A parameter (backbone name, tap, quality factor, ...) has an invalid value."""
 
 
+class TrainingError(AFDError):
+    """A trained method did not learn: it ended at the identity, or with most of its channels dead."""
+
+
 class OutputError(AFDError):
     """An output file could not be written (a folder in the way, no such parent, disk full...)."""
 

@@ -31,6 +31,7 @@ class Method:
     name: str
     kind: str
     fdm_source: str = "dct"
+    lr_scale: float = 1.0  # times the profile's learning rates: each architecture needs its own step
 
     @classmethod
     def from_params(cls, name: str, methods: dict) -> "Method":
@@ -70,3 +71,11 @@ class Method:
         with torch.no_grad():
             target = classifier.tap_feature(clean)
         return F.mse_loss(classifier.enhanced_feature(degraded), target)
+
+    @torch.no_grad()
+    def identity_loss(self, classifier: nn.Module, clean: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+        """The loss of doing nothing on the same batch (the degraded feature, or for ARCNN the
+        degraded image, as the prediction): what `loss` must end clearly below."""
+        if self.kind == "arcnn":
+            return F.mse_loss(degraded, clean)
+        return F.mse_loss(classifier.tap_feature(degraded), classifier.tap_feature(clean))

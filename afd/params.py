@@ -82,6 +82,7 @@ class Backbone(_Section):
 class MethodSpec(_Section):
     kind: Literal[METHOD_KINDS]  # type: ignore[valid-type]
     fdm_source: Literal[FDM_SOURCES] | None = None  # type: ignore[valid-type]
+    lr_scale: Rate = 1.0
 
     @model_validator(mode="after")
     def _fdm_source_is_afds(self):
@@ -94,6 +95,8 @@ class Train(_Section):
     backbones: Annotated[list[NonEmpty], Field(min_length=1)]
     methods: Annotated[list[NonEmpty], Field(min_length=1)]
     mix_clean: StrictBool
+    max_loss_ratio: Rate  # a method whose final loss is above this fraction of doing nothing's failed
+    min_alive_fraction: Annotated[float, Field(ge=0, le=1)]
 
 
 class Fuse(_Section):

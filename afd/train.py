@@ -8,6 +8,7 @@ makes a killed run, re-run, end with exactly the weights of an uninterrupted one
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .determinism import X86_PINS
-from .errors import ConfigError, display_name, first_line
+from .errors import ConfigError, TrainingError, display_name, first_line
 from .images import GRID, load_image, to_tensor
 from .io import atomic_torch_save, file_sha256
 
@@ -58,6 +59,10 @@ class TrainConfig:
     def from_profile(cls, profile: dict, seed: int) -> "TrainConfig":
         fields = {k: profile[k] for k in cls.__dataclass_fields__ if k in profile}
         return cls(**fields, seed=seed)
+
+    def with_lr_scale(self, scale: float) -> "TrainConfig":
+        """The same schedule with both learning rates times `scale` (a method's `lr_scale`)."""
+        return dataclasses.replace(self, lr=self.lr * scale, lr_after_drop=self.lr_after_drop * scale)
 
     def lr_at(self, step: int) -> float:
         return self.lr if step < self.lr_drop_at else self.lr_after_drop
@@ -115,14 +120,25 @@ class PatchPairs:
 @dataclass
 class TrainResult:
     losses: list[tuple[int, float]]  # (step, mean loss over the logging window)
+    identity_losses: list[tuple[int, float]]  # (step, mean loss of doing nothing on the same batches)
     resumed_from: int
     seconds: float
+
+    def summary(self) -> dict[str, float]:
+        """Batches mix qualities, so one logging window is noisy: the means of the first and last
+        tenths of the log, and `loss_ratio`, the last tenth's loss over doing nothing's on the same
+        batches: below 1 when the method learned, exactly 1 when it ended at the identity."""
+        tenth = max(1, len(self.losses) // 10)
+        final, final_identity = (sum(v for _, v in log[-tenth:]) / tenth for log in (self.losses, self.identity_losses))
+        return {"first_loss": sum(v for _, v in self.losses[:tenth]) / tenth, "final_loss": final,
+                "final_identity_loss": final_identity, "loss_ratio": final / final_identity}
 
 
 def train(
     classifier: nn.Module,
     trainable: nn.Module,
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    identity_loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
     data: PatchPairs,
     config: TrainConfig,
     state_path: str | os.PathLike,
@@ -131,13 +147,14 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train `trainable` (a part of `classifier`) with Adam, resuming from `state_path` if it holds
-    a run of the same `identity` (method, backbone, ...), config and data; else start afresh."""
+    a run of the same `identity` (method, backbone, ...), config and data; else start afresh.
+    `identity_loss_fn` is logged beside the loss on every batch: the loss of doing nothing."""
     state_path = Path(state_path)
     fingerprint = _fingerprint(identity, config, data)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=config.lr)
-    # `window`: the losses since the last logged step; checkpointed with the rest, so a run resumed
-    # inside a logging window logs the same means as an uninterrupted one.
-    start, losses, window = _resume(state_path, fingerprint, trainable, optimizer)
+    # `window`: the (loss, identity loss) pairs since the last logged step; checkpointed with the
+    # rest, so a run resumed inside a logging window logs the same means as an uninterrupted one.
+    start, losses, identity_losses, window = _resume(state_path, fingerprint, trainable, optimizer)
     classifier.train()
     started = time.perf_counter()
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations,
@@ -147,22 +164,56 @@ def train(
             group["lr"] = config.lr_at(step)
         clean, degraded = data.batch(step, config.seed, config.batch_size, config.crop)
         loss = loss_fn(classifier, clean, degraded)
+        identity_loss = identity_loss_fn(classifier, clean, degraded)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(loss.item())
+        window.append((loss.item(), identity_loss.item()))
         done = step + 1
         if done % config.log_every == 0 or done == config.iterations:
-            mean = sum(window) / len(window)
+            mean = sum(v for v, _ in window) / len(window)
             losses.append((done, mean))
+            identity_losses.append((done, sum(v for _, v in window) / len(window)))
             window.clear()
             bar.set_postfix(loss=f"{mean:.4g}")
             if on_log is not None:
                 on_log(done, mean)
         if done % config.checkpoint_every == 0 or done == config.iterations:
-            _save_state(state_path, fingerprint, done, trainable, optimizer, losses, window)
+            _save_state(state_path, fingerprint, done, trainable, optimizer, losses, identity_losses, window)
     classifier.eval()
-    return TrainResult(losses, start, time.perf_counter() - started)
+    return TrainResult(losses, identity_losses, start, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def alive_fraction(module: nn.Module, run: Callable[[], object]) -> float:
+    """The fraction of `module`'s hidden channels (outputs of its ReLUs) that are positive somewhere
+    during `run()`. A channel that never is passes no gradient: it is dead for good."""
+    alive = []
+
+    def record(_module, _inputs, output):
+        alive.append((output > 0).transpose(0, 1).flatten(1).any(1))
+
+    hooks = [m.register_forward_hook(record) for m in module.modules() if isinstance(m, nn.ReLU)]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.cat(alive).float().mean().item() if alive else 1.0
+
+
+def check_learned(name: str, loss_ratio: float, alive: float, max_loss_ratio: float, min_alive: float) -> None:
+    """Refuse a trained method that ended at the identity or with most of its channels dead: its
+    results would silently equal DirectTest's."""
+    problems = []
+    if loss_ratio > max_loss_ratio:
+        problems.append(f"its final loss is {loss_ratio:.4f} of doing nothing's on the same batches "
+                        f"(train.max_loss_ratio {max_loss_ratio}): it ended at the identity")
+    if alive < min_alive:
+        problems.append(f"only {alive:.0%} of its hidden channels are alive (train.min_alive_fraction {min_alive})")
+    if problems:
+        raise TrainingError(f"method {name!r} did not learn: {'; '.join(problems)}; "
+                            f"try a smaller methods.{name}.lr_scale in params.yaml")
 
 
 def _fingerprint(identity: dict, config: TrainConfig, data: PatchPairs) -> str:
@@ -190,25 +241,27 @@ def _numerics() -> dict:
             **{key: os.environ.get(key) for key in X86_PINS}}
 
 
-def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer) -> tuple[int, list, list]:
-    """(step, logged losses, current logging window) from `state_path`, with the model and
-    optimizer restored; (0, [], []) to start afresh. A damaged state file is set aside
+def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer) -> tuple[int, list, list, list]:
+    """(step, logged losses, logged identity losses, current logging window) from `state_path`, with
+    the model and optimizer restored; (0, [], [], []) to start afresh. A damaged state file is set aside
     (`state.pt.damaged`) with one log line: it must not stop every later run."""
     if not state_path.is_file():
-        return 0, [], []
+        return 0, [], [], []
     fresh_model = {name: value.clone() for name, value in trainable.state_dict().items()}
     fresh_optimizer = copy.deepcopy(optimizer.state_dict())
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not {"fingerprint", "step", "model", "optimizer", "losses"} <= set(state):
+        keys = {"fingerprint", "step", "model", "optimizer", "losses", "identity_losses", "window"}
+        if not isinstance(state, dict) or not keys <= set(state):
             raise ValueError("not a training state")
         if state["fingerprint"] != fingerprint:
             log.info("%s belongs to another configuration or data; training from scratch", display_name(state_path))
-            return 0, [], []
+            return 0, [], [], []
         trainable.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, losses = int(state["step"]), [(int(s), float(v)) for s, v in state["losses"]]
-        window = [float(v) for v in state.get("window", [])]
+        step = int(state["step"])
+        losses, identity_losses = ([(int(s), float(v)) for s, v in state[key]] for key in ("losses", "identity_losses"))
+        window = [(float(loss), float(identity)) for loss, identity in state["window"]]
     except Exception as error:  # truncated, foreign or inconsistent: torch raises many types
         damaged = state_path.with_name(state_path.name + ".damaged")
         os.replace(state_path, damaged)
@@ -216,18 +269,20 @@ def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer)
                     display_name(state_path), type(error).__name__, first_line(error), damaged.name)
         trainable.load_state_dict(fresh_model)  # the failure may have come half-way through loading
         optimizer.load_state_dict(fresh_optimizer)
-        return 0, [], []
+        return 0, [], [], []
     log.info("resuming %s at step %d", display_name(state_path), step)
-    return step, losses, window
+    return step, losses, identity_losses, window
 
 
-def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimizer, losses, window) -> None:
+def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimizer, losses, identity_losses,
+                window) -> None:
     state = {
         "fingerprint": fingerprint,
         "step": step,
         "model": trainable.state_dict(),
         "optimizer": optimizer.state_dict(),
         "losses": [list(item) for item in losses],
-        "window": list(window),
+        "identity_losses": [list(item) for item in identity_losses],
+        "window": [list(item) for item in window],
     }
     atomic_torch_save(state, state_path)

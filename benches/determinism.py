@@ -49,7 +49,7 @@ data = PatchPairs([p for _, p in load_set(clean_dir)], {n: [p for _, p in load_s
 method = Method.from_params(method_name, params["methods"])
 torch.manual_seed(params["seed"])
 module = method.build(backbone, tap)
-result = train(method.classifier(backbone, module, tap), module, method.loss, data, config,
+result = train(method.classifier(backbone, module, tap), module, method.loss, method.identity_loss, data, config,
                sys.argv[4], {"name": method_name}, progress=False)
 weights = hashlib.md5(b"".join(v.numpy().tobytes() for v in module.state_dict().values())).hexdigest()
 print(json.dumps({"md5": weights, "final_loss": result.losses[-1][1]}))

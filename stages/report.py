@@ -1,4 +1,4 @@
-"""The Markdown report and its figures (reports/), from metrics/eval/*.json and
+"""The Markdown report and its figures (reports/), from metrics/eval/*.json, metrics/train/ and
 metrics/efficiency.json."""
 
 import json
@@ -21,9 +21,11 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     results = [json.loads((METRICS / "eval" / f"{name}.json").read_text()) for name in params["train"]["backbones"]]
+    training = {backbone: {method: json.loads((METRICS / "train" / backbone / f"{method}.json").read_text())
+                           for method in params["train"]["methods"]} for backbone in params["train"]["backbones"]}
     efficiency = json.loads((METRICS / "efficiency.json").read_text())
     out = Path(args.out)
-    write_report(results, efficiency, out, out.parent / "figures")
+    write_report(results, training, efficiency, out, out.parent / "figures")
     with tracked_run("report", tags={"stage": "report", "git_commit": git_commit()}):
         mlflow.log_artifacts(str(out.parent), artifact_path="report")
     print(f"{out}: written")

@@ -1,5 +1,5 @@
 """Train one method for one backbone on DIV2K-C (params: seed, profile, methods.<method>,
-train.mix_clean).
+train.mix_clean), and refuse it if it did not learn (train.max_loss_ratio, train.min_alive_fraction).
 
 A killed run resumes from checkpoints/<backbone>/<method>/state.pt when re-run.
 """
@@ -19,7 +19,7 @@ from afd.layout import CHECKPOINTS, METRICS, PLOTS, backbone_from_params, patch_
 from afd.methods import Method
 from afd.params import load_params, training_profile
 from afd.tracking import lineage_tags, tracked_run
-from afd.train import PatchPairs, TrainConfig, train
+from afd.train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
 
 from stage import stage_arguments, stage_main
 
@@ -30,7 +30,7 @@ def main() -> None:
     params = load_params(args.params)
     numerics = pin_cpu_numerics(params["numerics"]["threads"])
     method = Method.from_params(args.method, params["methods"])
-    config = TrainConfig.from_profile(training_profile(params), params["seed"])
+    config = TrainConfig.from_profile(training_profile(params), params["seed"]).with_lr_scale(method.lr_scale)
     backbone, tap = backbone_from_params(params, args.backbone)
     if not backbone.pretrained:
         print(f"warning: {args.backbone} has random weights; its results mean nothing")
@@ -53,27 +53,30 @@ def main() -> None:
                   "training": dataclasses.asdict(config), "mix_clean": params["train"]["mix_clean"], "tap": tap,
                   "numerics": numerics}
     with tracked_run(f"train@{args.backbone}-{args.method}", run_params, tags):
-        result = train(classifier, module, method.loss, data, config,
+        result = train(classifier, module, method.loss, method.identity_loss, data, config,
                        CHECKPOINTS / args.backbone / args.method / "state.pt", identity,
                        on_log=lambda step, loss: mlflow.log_metric("loss", loss, step=step))
+        held_out = data.batch(config.iterations, config.seed, config.batch_size, config.crop)  # not trained on
+        alive = alive_fraction(module, lambda: method.loss(classifier.eval(), *held_out))
+        summary = {**result.summary(), "alive_fraction": alive, "lr": config.lr, "iterations": config.iterations}
+        mlflow.log_metrics(summary)
+        print(f"{args.backbone}/{args.method}: loss {summary['first_loss']:.4g} -> {summary['final_loss']:.4g} "
+              f"(first and last tenth), {summary['loss_ratio']:.3f} of doing nothing's, {alive:.0%} of channels "
+              f"alive, in {result.seconds:.0f} s (resumed from step {result.resumed_from})")
+        # before any output is written: a method that did not learn must not reach the tables
+        check_learned(args.method, summary["loss_ratio"], alive, params["train"]["max_loss_ratio"],
+                      params["train"]["min_alive_fraction"])
 
         meta = {"backbone": args.backbone, "tap": tap, "method": args.method, "iterations": config.iterations}
         save_enhancer(module.eval(), trained_model(args.backbone, args.method), meta)
         curve_path = PLOTS / "train" / args.backbone / f"{args.method}.csv"
         curve = io.StringIO()
-        csv.writer(curve).writerows([("step", "loss"), *result.losses])
+        csv.writer(curve).writerows([("step", "loss", "identity"),
+                                     *((step, loss, identity) for (step, loss), (_, identity)
+                                       in zip(result.losses, result.identity_losses))])
         atomic_write_text(curve_path, curve.getvalue())
-        # Batches mix qualities, so one logging window is noisy: compare the first and last tenths.
-        tenth = max(1, len(result.losses) // 10)
-        summary = {"first_loss": sum(loss for _, loss in result.losses[:tenth]) / tenth,
-                   "final_loss": sum(loss for _, loss in result.losses[-tenth:]) / tenth,
-                   "iterations": config.iterations}
         write_json(METRICS / "train" / args.backbone / f"{args.method}.json", summary)
-        mlflow.log_metrics(summary)
         mlflow.log_artifact(str(curve_path))
-    first, final = summary["first_loss"], summary["final_loss"]
-    print(f"{args.backbone}/{args.method}: loss {first:.4g} -> {final:.4g} (first and last tenth) "
-          f"in {result.seconds:.0f} s (resumed from step {result.resumed_from})")
 
 
 if __name__ == "__main__":

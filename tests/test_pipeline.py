@@ -135,7 +135,7 @@ def test_efficiency_report_and_plots_are_written(repo):
     assert "5 views" in report and "smoke test" in report  # says what data and how many images
     assert any((repo / "reports" / "figures").glob("*.png"))
     curve = (repo / "plots" / "train" / BACKBONE / "afd.csv").read_text().splitlines()
-    assert curve[0] == "step,loss" and len(curve) == 1 + 12 // 10 + 1
+    assert curve[0] == "step,loss,identity" and len(curve) == 1 + 12 // 10 + 1
 
 
 def test_killed_training_resumes_to_the_uninterrupted_weights_metrics_and_curve(repo):

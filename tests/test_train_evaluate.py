@@ -9,13 +9,13 @@ from PIL import Image
 
 from afd.backbones import build_backbone
 from afd.compress import jpeg
-from afd.errors import ConfigError
+from afd.errors import ConfigError, TrainingError
 from afd.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, set_family, set_level
 from afd.images import to_batch
 from afd.methods import Method
 from afd.samples import sample_photos
 from afd.images import load_image, random_crop
-from afd.train import PatchPairs, TrainConfig, train
+from afd.train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def run(method_name, backbone, patch_files, state_path, cfg, on_log=None):
     method = Method.from_params(method_name, METHODS)
     module = method.build(backbone, backbone.default_tap)
     classifier = method.classifier(backbone, module, backbone.default_tap)
-    result = train(classifier, module, method.loss, PatchPairs(*patch_files), cfg, state_path,
+    result = train(classifier, module, method.loss, method.identity_loss, PatchPairs(*patch_files), cfg, state_path,
                    identity={"name": method_name}, on_log=on_log, progress=False)
     return module, result
 
@@ -93,6 +93,7 @@ def test_killed_training_resumes_to_the_same_weights(method_name, backbone, patc
     for (name, p), q in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
     assert result.losses == full.losses  # the loss curve survives the restart too
+    assert result.identity_losses == full.identity_losses
 
 
 def test_a_run_resumed_inside_a_logging_window_logs_the_same_curve(backbone, patch_files, tmp_path):
@@ -108,7 +109,7 @@ def test_a_run_resumed_inside_a_logging_window_logs_the_same_curve(backbone, pat
         run("afd", backbone, patch_files, tmp_path / "b.pt", cfg, on_log=kill_at_step_3)
     _, resumed = run("afd", backbone, patch_files, tmp_path / "b.pt", cfg)
     assert resumed.resumed_from == 2 and [step for step, _ in full.losses] == [3, 6]
-    assert resumed.losses == full.losses
+    assert resumed.losses == full.losses and resumed.identity_losses == full.identity_losses
 
 
 def test_a_damaged_resume_state_is_set_aside_and_training_starts_afresh(backbone, patch_files, tmp_path, caplog):
@@ -187,6 +188,36 @@ def test_training_reduces_the_feature_error(backbone, patch_files, tmp_path):
     trained, _ = run("afd", backbone, patch_files, tmp_path / "s.pt",
                      config(iterations=40, batch_size=4, crop=64, lr=3e-3, lr_drop_at=40, checkpoint_every=40))
     assert feature_error(trained) < 0.95 * untrained
+
+
+@pytest.mark.parametrize("method_name", ["afd", "ddp", "arcnn"])
+def test_the_identity_loss_is_the_untrained_methods_loss_on_the_same_batches(method_name, backbone, patch_files, tmp_path):
+    """An untrained method is the identity (zero-initialised output): its loss is exactly doing
+    nothing's, so a method that never moves from there has ratio 1 and is refused."""
+    _, result = run(method_name, backbone, patch_files, tmp_path / "s.pt", config(lr=1e-30, lr_after_drop=1e-30))
+    assert result.losses == result.identity_losses
+    summary = result.summary()
+    assert summary["loss_ratio"] == 1.0 and summary["final_identity_loss"] > 0
+    with pytest.raises(TrainingError, match=f"method '{method_name}' did not learn: its final loss is 1.0000"):
+        check_learned(method_name, summary["loss_ratio"], 1.0, max_loss_ratio=0.99, min_alive=0.5)
+
+
+def test_a_method_that_learned_passes_and_dead_channels_are_refused(backbone, patch_files, tmp_path):
+    method = Method.from_params("ddp", METHODS)
+    module, result = run("ddp", backbone, patch_files, tmp_path / "s.pt",
+                         config(iterations=40, batch_size=4, crop=64, lr=1e-3, lr_drop_at=40, log_every=5))
+    classifier = method.classifier(backbone, module.eval(), backbone.default_tap)
+    batch = PatchPairs(*patch_files).batch(10**6, seed=1, batch_size=4, crop=64)
+    alive = alive_fraction(module, lambda: method.loss(classifier, *batch))
+    assert result.summary()["loss_ratio"] < 0.99 and alive > 0.5
+    check_learned("ddp", result.summary()["loss_ratio"], alive, max_loss_ratio=0.99, min_alive=0.5)
+
+    with torch.no_grad():  # every first-layer channel negative everywhere: the ReLUs pass nothing
+        module.body[0].bias.fill_(-1e6)
+    dead = alive_fraction(module, lambda: method.loss(classifier, *batch))
+    assert dead <= 0.5  # the first ReLU's 64 of 128 hidden channels are dead, and the second's follow
+    with pytest.raises(TrainingError, match=r"method 'ddp' did not learn: only \d+% of its hidden channels are alive"):
+        check_learned("ddp", 0.5, dead, max_loss_ratio=0.99, min_alive=0.6)
 
 
 @pytest.mark.parametrize("bad", [dict(iterations=0), dict(crop=30), dict(lr=-1.0), dict(batch_size=1.5)])
