@@ -52,7 +52,7 @@ def fetch_programs(version, workdir: Path) -> dict[str, Path]:
 
     workdir.mkdir(parents=True, exist_ok=True)
     uri = f"models:/{version.name}/{version.version}"
-    programs = {"afd": registered_program(uri)}
+    programs = {"afd": registered_program(uri, workdir / "registered")}
     check_program_archive(programs["afd"], uri)  # a poisoned model is refused before anything else
     try:
         folder = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="benchmark",

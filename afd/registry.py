@@ -8,6 +8,7 @@ current champion where it was.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,12 @@ def registered_name(backbone: str) -> str:
     return f"afd-{backbone}"
 
 
-def registered_program(uri: str) -> Path:
+def registered_program(uri: str, into: Path) -> Path:
     """The `torch.export` program file (`data/model.pt2`) of the model at a URI such as
-    models:/afd-efficientnet_lite0@champion, downloaded from the tracking server in
-    $MLFLOW_TRACKING_URI (default: the local mlflow.db). A model in another format (a pickle, which
-    would run arbitrary code on load) is refused."""
+    models:/afd-efficientnet_lite0@champion, downloaded into the folder `into` from the tracking
+    server in $MLFLOW_TRACKING_URI (default: the local mlflow.db). A model in another format (a
+    pickle, which would run arbitrary code on load) is refused. The caller owns `into`: MLflow's
+    own default, a fresh temporary folder per call, is never removed."""
     import mlflow
 
     from .errors import AFDError, first_line
@@ -34,7 +36,7 @@ def registered_program(uri: str) -> Path:
 
     server = use_tracking_server()
     try:
-        local = Path(mlflow.artifacts.download_artifacts(uri))
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(into)))
     except Exception as error:  # MlflowException, or an OSError / HTTP error from the artifact store
         raise AFDError(f"{uri}: cannot load it from {server} ({first_line(error, 300)})") from None
     program = local / "data" / "model.pt2"
@@ -50,7 +52,8 @@ def load_registered(uri: str) -> nn.Module:
     that others can write to: MLflow loads the archive as it is."""
     from .export import load_program
 
-    return load_program(registered_program(uri), name=uri).module()
+    with tempfile.TemporaryDirectory(prefix="afd-registered-") as folder:
+        return load_program(registered_program(uri, Path(folder)), name=uri).module()
 
 
 @dataclass(frozen=True)

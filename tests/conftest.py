@@ -1,9 +1,11 @@
 """Real services for the tests, on free loopback ports, stopped at the end of the session; and
 the tiny copy of the project that the pipeline and flow tests run."""
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,22 @@ def pytest_collection_modifyitems(items):
     order) they then start together on the two workers instead of queueing behind each other."""
     items.sort(key=lambda item: END_TO_END_FIRST.index(item.path.name) if item.path.name in END_TO_END_FIRST
                else len(END_TO_END_FIRST))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_under_pytest(tmp_path_factory):
+    """Temporary files of the tests and of every process they start (MLflow downloads, Dask
+    scratch space) go under pytest's own folder, which keeps only the last three runs: what a
+    library leaves behind cannot fill the disk over repeated runs."""
+    folder = tmp_path_factory.mktemp("tmp")
+    previous = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+    yield folder
+    if previous[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous[0]
+    tempfile.tempdir = previous[1]
 
 
 @pytest.fixture(scope="session")

@@ -46,8 +46,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not (tmp_path / "marker").exists()
 
 
-def test_a_registered_pickle_model_is_refused(mlflow_server, monkeypatch):
-    """The registry may hold models logged by anyone; only torch.export programs are loaded."""
+def test_a_registered_pickle_model_is_refused(mlflow_server, monkeypatch, tmp_path):
+    """The registry may hold models logged by anyone; only torch.export programs are loaded, and
+    loading one leaves no download behind (MLflow's default folder for it is never removed)."""
+    import tempfile
+
     import mlflow
 
     from afd.registry import load_registered
@@ -60,10 +63,14 @@ def test_a_registered_pickle_model_is_refused(mlflow_server, monkeypatch):
                                  registered_model_name="pickled")
         mlflow.pytorch.log_model(nn.Linear(2, 2), name="program", serialization_format="pt2",
                                  input_example=torch.zeros(2, 2).numpy(), registered_model_name="exported")
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     with pytest.raises(AFDError, match="models:/pickled/1: not a torch.export program"):
         load_registered("models:/pickled/1")
     program = load_registered("models:/exported/1")
     assert program(torch.ones(3, 2)).shape == (3, 2)
+    assert list(temporary.iterdir()) == []
 
 
 # ---- poisoned torch.export programs -------------------------------------------------------------
