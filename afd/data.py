@@ -23,7 +23,7 @@ import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from fsspec.core import url_to_fs
@@ -51,7 +51,7 @@ from afd.images import (
     to_tensor,
 )
 from afd.io import atomic_dir, write_json
-from afd.samples import sample_photos
+from afd.samples import SAME_SCENE, embedded_photos
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ EVAL_RESIZE, EVAL_SIZE = 256, 224  # ImageNet-C: Resize(256), CenterCrop(224)
 IMAGENET_C_VIEW = "imagenet_c"  # the view name of an image made with exactly that preprocessing
 MANIFEST = "manifest.json"
 MULTI_QUALITIES = "qualities.json"
-# Photos of one scene (a stereo pair): they must stay on one side of the train/eval split.
-SAME_SCENE = frozenset({"motorcycle_left", "motorcycle_right"})
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,7 @@ class Photo:
     name: str
     uri: str
     label: int | None = None
+    origin: str | None = None  # the package and version that ships it (embedded photos)
 
 
 # ---- sources ------------------------------------------------------------------------------------
@@ -123,28 +122,34 @@ def imagenet_class_index() -> dict[str, int]:
     return {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
 
 
-def embedded_split(eval_names: Sequence[str]) -> tuple[list[Photo], list[Photo]]:
-    """(train, eval) of the embedded sample photos: `eval_names` on the eval side, the rest
-    on the training side."""
-    photos = sample_photos()
-    unknown = sorted(set(eval_names) - set(photos))
-    if unknown:
-        raise ConfigError(
-            f"unknown embedded photo(s) {', '.join(unknown)}; known: {', '.join(photos)}"
-        )
-    split_scene = SAME_SCENE & set(eval_names)
-    if split_scene and split_scene != SAME_SCENE:
-        raise ConfigError(
-            f"{' and '.join(sorted(SAME_SCENE))} show one scene: put both or neither on the eval "
-            f"side, not only {', '.join(sorted(split_scene))}"
-        )
-    train = [Photo(name, str(path)) for name, path in photos.items() if name not in eval_names]
-    evaluation = [Photo(name, str(path)) for name, path in photos.items() if name in eval_names]
-    if not train or not evaluation:
-        raise ConfigError(
-            f"the embedded split needs photos on both sides; eval photos: {list(eval_names)}"
-        )
-    return train, evaluation
+def embedded_split(train_names: Sequence[str], eval_names: Sequence[str]) -> tuple[list[Photo], list[Photo]]:
+    """(train, eval) photos of the embedded sources: each name is a collection or a sample photo
+    (afd.samples). A name on both sides, or one scene split across them, is refused: no photo may
+    be trained on and evaluated."""
+    both = sorted(set(train_names) & set(eval_names))
+    if both:
+        raise ConfigError(f"sources.embedded: {', '.join(both)} on both the train and the eval side")
+    for names, side in ((train_names, "train"), (eval_names, "eval")):
+        if not names:
+            raise ConfigError(f"sources.embedded.{side}: names no photos")
+        split_scene = SAME_SCENE & set(names)
+        if split_scene and split_scene != SAME_SCENE:
+            raise ConfigError(
+                f"{' and '.join(sorted(SAME_SCENE))} show one scene: put both on one side, not only "
+                f"{', '.join(sorted(split_scene))} on the {side} side"
+            )
+
+    def photos(names: Sequence[str]) -> list[Photo]:
+        return [Photo(p.name, str(p.path), p.label, p.origin) for p in embedded_photos(list(names))]
+
+    return photos(train_names), photos(eval_names)
+
+
+def photo_provenance(photo: Photo) -> dict:
+    """Where a photo came from, for a manifest: its package and version (embedded photos) and the
+    sha256 of its file, so a set records exactly which bytes it was made from."""
+    fs, path = url_to_fs(photo.uri)
+    return {"origin": photo.origin, "sha256": hashlib.sha256(fs.cat_file(path)).hexdigest()}
 
 
 def read_image(uri: str) -> Image.Image:
@@ -265,7 +270,8 @@ def make_patches(
             patch_id = _set_id("p", index, count)
             img.crop((left, top, left + size, top + size)).save(tmp / f"{patch_id}.png")
             patches.append({"id": patch_id, "photo": photo.name, "left": left, "top": top})
-        manifest = {"source": source, "patches": patches, "skipped": skipped}
+        manifest = {"source": source, "photos": _provenance(photo for photo, _ in images),
+                    "patches": patches, "skipped": skipped}
         write_json(tmp / MANIFEST, manifest)
     return manifest
 
@@ -292,6 +298,7 @@ def make_eval_clean(
         total = len(photos) * views_per_photo
     images, skipped = usable_images(photos, 1, source)  # Resize scales any size, as ImageNet-C
     records: list[dict] = []
+    used: list[Photo] = []
     with atomic_dir(out_dir) as tmp:
         for photo, img in images:
             try:
@@ -299,6 +306,7 @@ def make_eval_clean(
             except ImageLoadError as e:  # e.g. an aspect ratio too extreme to resize
                 skipped.append({"file": photo.name, "reason": e.reason})
                 continue
+            used.append(photo)
             for view, crop in views:
                 if len(records) == total:
                     break
@@ -310,9 +318,15 @@ def make_eval_clean(
         if not records:
             raise AFDError(f"no usable images in {display_name(source)}: all {len(skipped)} skipped "
                            f"(first: {display_name(skipped[0]['file'])}: {skipped[0]['reason']})")
-        manifest = {"source": source, "images": records, "skipped": skipped}
+        manifest = {"source": source, "photos": _provenance(used), "images": records, "skipped": skipped}
         write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def _provenance(photos: Iterable[Photo]) -> dict[str, dict]:
+    # Embedded photos only: a folder source is versioned by DVC, and hashing it would read an
+    # ImageNet-sized folder twice.
+    return {photo.name: photo_provenance(photo) for photo in photos if photo.origin}
 
 
 _GRID_CROPS = ("c", "tl", "tr", "bl", "br")

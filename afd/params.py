@@ -40,8 +40,9 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class Embedded(_Section):
-    eval_photos: Annotated[list[NonEmpty], Field(min_length=1)]
-    view_sizes: Annotated[list[Annotated[StrictInt, Field(ge=224, le=4096)]], Field(min_length=1)]
+    train: Annotated[list[NonEmpty], Field(min_length=1)]  # collections or sample photos (afd.samples)
+    eval: Annotated[list[NonEmpty], Field(min_length=1)]
+    view_sizes: list[Annotated[StrictInt, Field(ge=224, le=4096)]]  # empty: ImageNet-C's one view
 
 
 class Sources(_Section):

@@ -15,7 +15,7 @@ def main() -> None:
     args = parser.parse_args()
     sources = load_params(args.params)["sources"]
     if sources["kind"] == "embedded":
-        photos = embedded_split(sources["embedded"]["eval_photos"])[1]
+        photos = embedded_split(sources["embedded"]["train"], sources["embedded"]["eval"])[1]
         source, view_sizes = "embedded", sources["embedded"]["view_sizes"]
     else:
         photos, source, view_sizes = image_folder(sources["eval_dir"]), sources["eval_dir"], []

@@ -16,7 +16,7 @@ def main() -> None:
     params = load_params(args.params)
     sources = params["sources"]
     if sources["kind"] == "embedded":
-        photos, source = embedded_split(sources["embedded"]["eval_photos"])[0], "embedded"
+        photos, source = embedded_split(sources["embedded"]["train"], sources["embedded"]["eval"])[0], "embedded"
     else:
         photos, source = folder_photos(sources["train_dir"]), sources["train_dir"]
     count = training_profile(params)["patch_count"]

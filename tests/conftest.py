@@ -24,7 +24,7 @@ BACKBONE = "efficientnet_lite0"
 def tiny_params() -> dict:
     """params.yaml shrunk to seconds per stage: one eval photo, two QFs, one CT, two methods, 12 iterations."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["sources"]["embedded"].update(eval_photos=["coffee"], view_sizes=[256])
+    params["sources"]["embedded"].update(train=["astronaut", "china", "flower"], eval=["coffee"], view_sizes=[256])
     params["patches"]["qualities"] = [25, 7]
     params["eval_sets"].update(jpeg_qualities=[25, 7], compression_times=[2], avif_qualities=[25])
     params["train"].update(backbones=[BACKBONE], methods=["afd", "arcnn"])

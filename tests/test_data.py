@@ -1,3 +1,4 @@
+import hashlib
 import json
 import logging
 import re
@@ -33,9 +34,11 @@ from afd.data import (
 from afd.errors import AFDError, ConfigError, ImageLoadError
 from afd.images import load_image
 from afd.params import load_params
+from afd.samples import COLLECTIONS, embedded_photos
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_PHOTOS = ["chelsea", "coffee", "grace_hopper", "rocket"]
+TRAIN_PHOTOS = ["astronaut", "china", "flower", "motorcycle_left", "motorcycle_right", "retina"]
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -58,7 +61,7 @@ def _hidden_entries(directory: Path) -> list[str]:
 def eval_clean(tmp_path_factory) -> Path:
     """A small clean eval set from the embedded eval photos: 6 views."""
     out = tmp_path_factory.mktemp("eval") / "clean"
-    make_eval_clean(embedded_split(EVAL_PHOTOS)[1], out, [256], 6, "embedded")
+    make_eval_clean(embedded_split(TRAIN_PHOTOS, EVAL_PHOTOS)[1], out, [256], 6, "embedded")
     return out
 
 
@@ -70,7 +73,7 @@ def _astronaut(size=300) -> Image.Image:
 
 
 def test_patches_are_deterministic_and_on_the_grid(tmp_path):
-    train, _ = embedded_split(EVAL_PHOTOS)
+    train, _ = embedded_split(TRAIN_PHOTOS, EVAL_PHOTOS)
     first = make_patches(train, 10, 64, 3, tmp_path / "a", "embedded")
     make_patches(train, 10, 64, 3, tmp_path / "b", "embedded")
     assert _files(tmp_path / "a") == _files(tmp_path / "b")  # byte-identical, manifest included
@@ -78,7 +81,7 @@ def test_patches_are_deterministic_and_on_the_grid(tmp_path):
     assert names == ["manifest.json"] + [f"p{i:05d}.png" for i in range(10)]
 
     patches = first["patches"]
-    assert [p["photo"] for p in patches[:8]] == [photo.name for photo in train]  # round-robin
+    assert [p["photo"] for p in patches[:6]] == [photo.name for photo in train]  # round-robin
     photos = {photo.name: load_image(photo.uri) for photo in train}
     for patch in patches:
         assert patch["left"] % 16 == 0 and patch["top"] % 16 == 0
@@ -86,7 +89,7 @@ def test_patches_are_deterministic_and_on_the_grid(tmp_path):
         expected = photos[patch["photo"]].crop(box)
         assert load_image(tmp_path / "a" / f"{patch['id']}.png").tobytes() == expected.tobytes()
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest == {"source": "embedded", "patches": patches, "skipped": []}
+    assert manifest == {"source": "embedded", "photos": first["photos"], "patches": patches, "skipped": []}
 
     other = make_patches(train, 10, 64, 4, tmp_path / "c", "embedded")["patches"]
     assert [(p["left"], p["top"]) for p in other] != [(p["left"], p["top"]) for p in patches]
@@ -105,7 +108,7 @@ def test_eval_views_and_max_images(tmp_path, eval_clean):
     for image_id, path in load_set(eval_clean):
         assert path.suffix == ".png" and load_image(path).size == (224, 224)
 
-    everything = make_eval_clean(embedded_split(EVAL_PHOTOS)[1], tmp_path / "all", [256, 320], 0,
+    everything = make_eval_clean(embedded_split(TRAIN_PHOTOS, EVAL_PHOTOS)[1], tmp_path / "all", [256, 320], 0,
                                  "embedded")
     assert len(everything["images"]) == 4 * 2 * 5
     assert len({(r["photo"], r["view"]) for r in everything["images"]}) == 40
@@ -276,18 +279,44 @@ def test_urls_read_through_fsspec_with_load_images_errors(tmp_path):
 
 
 def test_embedded_split():
-    train, evaluation = embedded_split(EVAL_PHOTOS)
-    assert [p.name for p in evaluation] == EVAL_PHOTOS
-    assert not {p.name for p in train} & set(EVAL_PHOTOS) and len(train) >= 4
-    assert {p.name for p in train} | set(EVAL_PHOTOS) == {
-        p.name for p in embedded_split(["chelsea"])[0]
-    } | {"chelsea"}
-    both = embedded_split(["motorcycle_left", "motorcycle_right"])[1]
-    assert [p.name for p in both] == ["motorcycle_left", "motorcycle_right"]
-    with pytest.raises(ConfigError, match="one scene.*not only motorcycle_left"):
-        embedded_split(["chelsea", "motorcycle_left"])
-    with pytest.raises(ConfigError, match="unknown embedded photo.*lena; known: astronaut, "):
-        embedded_split(["chelsea", "lena"])
+    train, evaluation = embedded_split(TRAIN_PHOTOS, EVAL_PHOTOS)
+    assert [p.name for p in evaluation] == EVAL_PHOTOS and [p.name for p in train] == TRAIN_PHOTOS
+    assert {p.origin for p in evaluation} == {"scikit-image 0.26.0", "matplotlib 3.11.2"}
+    with pytest.raises(ConfigError, match="coffee on both the train and the eval side"):
+        embedded_split(["coffee", "china"], ["coffee"])
+    with pytest.raises(ConfigError, match="one scene.*not only motorcycle_left on the eval side"):
+        embedded_split(["china"], ["chelsea", "motorcycle_left"])
+    with pytest.raises(ConfigError, match="unknown embedded photo or collection 'lena'; known: ai_benchmark_"):
+        embedded_split(["china"], ["chelsea", "lena"])
+    with pytest.raises(ConfigError, match="sources.embedded.train: names no photos"):
+        embedded_split([], ["chelsea"])
+
+
+def test_embedded_collections_are_the_packages_photos_with_their_labels():
+    """ai-benchmark's 100 classification, 100 street and 30 cat photos (not their 30 overlays) and
+    foolbox's 20 ImageNet photos, labelled by the class index in their file names."""
+    counts = {name: len(embedded_photos([name])) for name in COLLECTIONS}
+    assert counts == {"ai_benchmark_classification": 100, "ai_benchmark_enhancement": 100,
+                      "ai_benchmark_segmentation": 30, "foolbox_imagenet": 20}
+    segmentation = embedded_photos(["ai_benchmark_segmentation"])
+    assert not any("segmented" in p.name for p in segmentation)
+    assert [p.name for p in segmentation[:3]] == [f"ai_benchmark_segmentation/{i}.jpg" for i in range(3)]
+    foolbox = embedded_photos(["foolbox_imagenet"])
+    assert foolbox[4].name == "foolbox_imagenet/imagenet_04_949.jpg" and foolbox[4].label == 949
+    assert all(p.label is not None and p.origin == "foolbox 3.3.4" for p in foolbox)
+    assert all(p.label is None and p.origin == "ai-benchmark 0.1.2"
+               for p in embedded_photos(["ai_benchmark_classification"]))
+
+
+def test_set_manifests_record_each_photos_package_and_sha256(tmp_path):
+    train, evaluation = embedded_split(["ai_benchmark_segmentation"], ["foolbox_imagenet"])
+    manifest = make_eval_clean(evaluation[:3], tmp_path / "clean", [], 0, "embedded")
+    first = evaluation[0]
+    assert manifest["photos"][first.name] == {
+        "origin": "foolbox 3.3.4", "sha256": hashlib.sha256(Path(first.uri).read_bytes()).hexdigest()}
+    assert [r["label"] for r in manifest["images"]] == [243, 559, 438]
+    patches = make_patches(train[:2], 3, 224, 0, tmp_path / "patches", "embedded")
+    assert sorted(patches["photos"]) == ["ai_benchmark_segmentation/0.jpg", "ai_benchmark_segmentation/1.jpg"]
 
 
 def test_image_folder_labels_are_imagenet_indices_of_the_wnids_whichever_are_present(tmp_path, caplog):
@@ -500,3 +529,23 @@ def test_stage_errors_exit_2_naming_the_key(tmp_path, monkeypatch, capsys):
                        "--out", "data/eval/jpeg_q7") == 2
     assert "error: data set data/eval/clean: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def test_no_training_photo_shares_content_with_an_evaluation_photo(tmp_path):
+    """By content, not by name: no default training photo is an evaluation photo, or a crop, a
+    rescale or a re-encode of one. Two such copies, added to the training side, are what it finds."""
+    from afd.data import Photo
+    from afd.overlap import shared_content
+
+    embedded = load_params(REPO / "params.yaml")["sources"]["embedded"]
+    train, evaluation = embedded_split(embedded["train"], embedded["eval"])
+    assert len(evaluation) >= 120 and len(train) >= 130
+    photo = load_image(evaluation[5].uri)
+    w, h = photo.size
+    photo.crop((w // 5, h // 6, w // 5 + w * 11 // 20, h // 6 + h * 11 // 20)).resize((300, 300)).save(
+        tmp_path / "crop.jpg", quality=40)
+    load_image(evaluation[110].uri).resize((700, 700)).save(tmp_path / "rescaled.png")
+    copies = [Photo("crop", str(tmp_path / "crop.jpg")), Photo("rescaled", str(tmp_path / "rescaled.png"))]
+    found = shared_content(train + copies, evaluation)
+    assert {(pair.first, pair.second) for pair in found} == {
+        ("crop", evaluation[5].name), ("rescaled", evaluation[110].name)}
