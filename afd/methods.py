@@ -32,6 +32,7 @@ class Method:
     kind: str
     fdm_source: str = "dct"
     lr_scale: float = 1.0  # times the profile's learning rates: each architecture needs its own step
+    seed_offset: int = 0  # trained with the pipeline's seed + this: the same method, another initialisation
 
     @classmethod
     def from_params(cls, name: str, methods: dict) -> "Method":

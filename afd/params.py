@@ -84,6 +84,7 @@ class MethodSpec(_Section):
     kind: Literal[METHOD_KINDS]  # type: ignore[valid-type]
     fdm_source: Literal[FDM_SOURCES] | None = None  # type: ignore[valid-type]
     lr_scale: Rate = 1.0
+    seed_offset: Annotated[StrictInt, Field(ge=0)] = 0  # trained with seed + this: another initialisation
 
     @model_validator(mode="after")
     def _fdm_source_is_afds(self):
@@ -94,14 +95,17 @@ class MethodSpec(_Section):
 
 class Train(_Section):
     backbones: Annotated[list[NonEmpty], Field(min_length=1)]
-    methods: Annotated[list[NonEmpty], Field(min_length=1)]
+    methods: Annotated[list[NonEmpty], Field(min_length=1)]  # on every backbone
+    study_backbone: NonEmpty  # the ablations, baselines and seeds of study_methods run on it only
+    study_methods: list[NonEmpty]
     mix_clean: StrictBool
     max_loss_ratio: Rate  # a method whose final loss is above this fraction of doing nothing's failed
     min_alive_fraction: Annotated[float, Field(ge=0, le=1)]
 
 
 class Fuse(_Section):
-    methods: list[NonEmpty]
+    methods: list[NonEmpty]  # of train.methods
+    study_methods: list[NonEmpty]  # of train.study_methods
     verify_set: NonEmpty
 
 
@@ -125,6 +129,7 @@ class Register(_Section):
 
 
 class Efficiency(_Section):
+    backbones: Annotated[list[NonEmpty], Field(min_length=1)]  # of train.backbones
     threads: Count
     warmup: Annotated[StrictInt, Field(ge=0)]
     repeats: Count
@@ -161,10 +166,18 @@ class ParamsSchema(_Section):
         defined("profile", [self.profile], self.profiles, "profiles")
         defined("train.backbones", self.train.backbones, self.backbones, "backbones")
         defined("train.methods", self.train.methods, self.methods, "methods")
+        defined("train.study_backbone", [self.train.study_backbone], self.train.backbones, "train.backbones")
+        defined("efficiency.backbones", self.efficiency.backbones, self.train.backbones, "train.backbones")
+        defined("train.study_methods", self.train.study_methods, self.methods, "methods")
+        twice = sorted(set(self.train.methods) & set(self.train.study_methods))
+        if twice:
+            raise ValueError(f"train.study_methods: {', '.join(map(repr, twice))} already in train.methods")
         defined("fuse.methods", self.fuse.methods, self.train.methods, "train.methods")
-        not_fusable = [name for name in self.fuse.methods if self.methods[name].kind != "afd"]
-        if not_fusable:
-            raise ValueError(f"fuse.methods: {', '.join(map(repr, not_fusable))} is not of kind afd: nothing to fuse")
+        defined("fuse.study_methods", self.fuse.study_methods, self.train.study_methods, "train.study_methods")
+        for key, names in (("fuse.methods", self.fuse.methods), ("fuse.study_methods", self.fuse.study_methods)):
+            not_fusable = [name for name in names if self.methods[name].kind != "afd"]
+            if not_fusable:
+                raise ValueError(f"{key}: {', '.join(map(repr, not_fusable))} is not of kind afd: nothing to fuse")
         sets = eval_sets({"eval_sets": self.eval_sets.model_dump()})
         if self.fuse.verify_set not in sets:
             raise ValueError(f"fuse.verify_set: {self.fuse.verify_set!r} is not an evaluation set ({', '.join(sets)})")

@@ -7,6 +7,7 @@ flow that run the same step produce the same files, metrics and registry entries
 
 from __future__ import annotations
 
+import collections
 import json
 import tempfile
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from .baselines import ARCNN
 from .checkpoint import load_enhancer
 from .classifier import CascadeClassifier, EnhancedClassifier
 from .data import PairedImages, labels, load_set
-from .evaluate import Batch, evaluate_grid, evaluate_set, family_averages
+from .evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics
 from .export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
 from .images import load_image, to_batch
-from .layout import backbone_from_params, deployable_model, eval_sets, fused_model, trained_model
+from .layout import backbone_from_params, backbone_methods, deployable_model, eval_sets, fused_model, trained_model
 from .methods import DIRECT_TEST, Method
 from .tracking import flatten, lineage_tags, tracked_run
 
@@ -41,12 +42,12 @@ class TrainedMethods:
 
 
 def trained_methods(params: dict, backbone_name: str, methods: list[str] | None = None) -> TrainedMethods:
-    """DirectTest and each method (default: train.methods) as a classifier, from its deployable
-    (fused where fusable) model file."""
+    """DirectTest and each method (default: those trained for the backbone) as a classifier, from
+    its deployable (fused where fusable) model file."""
     backbone, tap = backbone_from_params(params, backbone_name)
     classifiers: dict[str, nn.Module] = {DIRECT_TEST: EnhancedClassifier(backbone, None, tap)}
     model_files = []
-    for name in params["train"]["methods"] if methods is None else methods:
+    for name in backbone_methods(params, backbone_name) if methods is None else methods:
         if name == DIRECT_TEST:
             continue
         method = Method.from_params(name, params["methods"])
@@ -77,13 +78,13 @@ def evaluation_sets(params: dict, names: list[str] | None = None) -> dict[str, E
             for name in (names or sets)}
 
 
-def evaluate_backbone(params: dict, trained: TrainedMethods) -> dict:
-    """The whole grid method x set in one pass over each set."""
+def evaluate_backbone(params: dict, trained: TrainedMethods) -> dict[str, dict[str, Outcomes]]:
+    """The whole grid method x set (per-image outcomes) in one pass over each set."""
     direct = trained.classifiers[DIRECT_TEST]
     return evaluate_grid(direct, trained.classifiers, evaluation_sets(params))
 
 
-def evaluate_cell(params: dict, backbone_name: str, method: str, set_name: str) -> dict:
+def evaluate_cell(params: dict, backbone_name: str, method: str, set_name: str) -> Outcomes:
     """One cell of the grid: `method` (or DirectTest) on one set. Equal to the same cell of
     `evaluate_backbone`: every method's metrics are computed independently, batch by batch."""
     trained = trained_methods(params, backbone_name, [method])
@@ -98,28 +99,44 @@ def describe_data(clean_dir: Path) -> dict:
     photos = sorted({record["photo"] for record in images})
     labelled = sum(record["label"] is not None for record in images)
     if manifest["source"] == "embedded":
-        description = (f"{len(images)} views (Resize + 224 crops) of {len(photos)} embedded sample photos "
-                       f"({', '.join(photos)}), no labels — a smoke test, not a benchmark")
+        origins = collections.Counter(provenance["origin"] for provenance in manifest.get("photos", {}).values())
+        views = "one Resize(256) + CenterCrop(224) view" if len(images) == len(photos) else "several 224 views"
+        description = (f"{len(images)} images ({views} each) of {len(photos)} real photos shipped in PyPI packages "
+                       f"({', '.join(f'{n} from {origin}' for origin, n in sorted(origins.items()))}), "
+                       f"{labelled} with an ImageNet label")
     else:
         description = f"{len(images)} images of {manifest['source']} ({labelled} labelled)"
     return {"source": manifest["source"], "images": len(images), "photos": len(photos),
             "labelled": labelled, "description": description}
 
 
-def evaluation_record(params: dict, trained: TrainedMethods, grid: dict) -> dict:
-    """What metrics/eval/<backbone>.json holds: the grid, its family averages and what it was
-    measured on. The weights are named by file name (their sha256 is in the lineage tags)."""
+def evaluation_record(params: dict, trained: TrainedMethods, outcomes: dict[str, dict[str, Outcomes]]) -> dict:
+    """What metrics/eval/<backbone>.json holds: the grid of metric means, its family averages and
+    what it was measured on. The weights are named by file name (their sha256 is in the lineage
+    tags)."""
+    grid = grid_metrics(outcomes)
     weights = trained.backbone.weights_file
     return {
         "backbone": trained.backbone_name,
         "tap": trained.tap,
         "weights": Path(weights).name if weights else "random",
         "pretrained": trained.backbone.pretrained,
+        "native_resolution": trained.backbone.native_resolution,
         "data": describe_data(eval_sets(params)["clean"]),
         "methods": list(grid),
         "grid": grid,
         "averages": family_averages(grid),
     }
+
+
+def image_outcomes(params: dict, outcomes: dict[str, dict[str, Outcomes]]) -> dict:
+    """What metrics/eval/<backbone>.images.json holds: each evaluation image (id, photo, label)
+    and, per method and set, its per-image outcomes in that order: what confidence intervals
+    and paired tests resample (afd.significance)."""
+    manifest = json.loads((eval_sets(params)["clean"] / "manifest.json").read_text())
+    images = [{key: record[key] for key in ("id", "photo", "label")} for record in manifest["images"]]
+    return {"images": images,
+            "outcomes": {method: {name: o.record() for name, o in by_set.items()} for method, by_set in outcomes.items()}}
 
 
 def log_evaluation(params: dict, trained: TrainedMethods, record: dict) -> None:
@@ -142,7 +159,7 @@ def comparison_programs(params: dict, backbone_name: str, backbone: SplitBackbon
     depend on the weights)."""
     unfused, _ = load_enhancer(trained_model(backbone_name, "afd"))
     restorer = ARCNN()
-    for name in params["train"]["methods"]:
+    for name in backbone_methods(params, backbone_name):
         method = Method.from_params(name, params["methods"])
         if method.kind == "arcnn" and trained_model(backbone_name, name).exists():
             restorer, _ = load_enhancer(trained_model(backbone_name, name))

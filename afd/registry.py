@@ -67,7 +67,9 @@ class GateScores:
 
     @classmethod
     def from_evaluation(cls, result: dict, method: str = "afd", metric: str | None = None) -> "GateScores":
-        metric = metric or ("top1" if result["data"].get("labelled") else "agreement")
+        from .evaluate import headline_metric
+
+        metric = metric or headline_metric(result)
         lightest = max((s for s in result["grid"]["direct"] if s.startswith("jpeg_q")), key=lambda s: int(s[6:]))
 
         def average(name: str) -> float:

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .benchmark import format_table  # noqa: E402
-from .evaluate import set_family, set_level  # noqa: E402
+from .evaluate import headline_metric, set_family, set_level  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .significance import Estimate, PhotoBootstrap, agreement_values, correct_values  # noqa: E402
 
 DISPLAY_NAMES = {
     "direct": "DirectTest",
     "afd": "AFD",
+    "afd_seed1": "AFD (seed +1)",
+    "afd_seed2": "AFD (seed +2)",
     "fe_net": "FE-Net",
     "afd_image_blocks": "FE-Net + image blocks",
     "afd_shuffled_dct": "Shuffled DCT",
@@ -42,11 +47,6 @@ PERCENT_METRICS = {"top1", "agreement"}
 
 def display(method: str) -> str:
     return DISPLAY_NAMES.get(method, method)
-
-
-def headline_metric(result: dict) -> str:
-    """Accuracy where the evaluation images have labels, else the label-free agreement."""
-    return "top1" if result["data"].get("labelled") else "agreement"
 
 
 def _format(metric: str, value: float | None) -> str:
@@ -136,16 +136,151 @@ def training_table(training: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def backbone_section(result: dict, training: dict[str, dict], figures_dir: Path, figures_link: str) -> str:
-    """Training check, Tables V, VI, IX, II/III, X for one backbone, plus its figures (written to
-    figures_dir)."""
+# ---- significance (per-image outcomes, metrics/eval/<backbone>.images.json) -------------------
+
+
+def _pct(estimate: Estimate, signed: bool = False) -> str:
+    e = estimate.scaled(100)
+    value = f"{e.value:+.1f}" if signed else f"{e.value:.1f}"
+    mark = "*" if signed and e.significant else ""
+    return f"{value}{mark} [{e.low:.1f}, {e.high:.1f}]"
+
+
+class Evidence:
+    """One backbone's per-image outcomes with the photo bootstrap: agreement (or top-1 on the
+    labelled images) of a method, and paired differences between methods, over sets."""
+
+    def __init__(self, images: dict):
+        self.outcomes = images["outcomes"]
+        self.bootstrap = PhotoBootstrap([image["photo"] for image in images["images"]])
+        labelled = [image["photo"] for image in images["images"] if image["label"] is not None]
+        self.labelled = PhotoBootstrap(labelled) if labelled else None
+
+    def has(self, *methods: str) -> bool:
+        return all(m in self.outcomes for m in methods)
+
+    def level(self, method: str, sets: list[str]) -> Estimate:
+        return self.bootstrap.estimate(agreement_values(self.outcomes[method], sets))
+
+    def gain(self, method: str, reference: str, sets: list[str]) -> Estimate:
+        """method - reference, paired on the same images."""
+        return self.bootstrap.estimate(agreement_values(self.outcomes[method], sets)
+                                       - agreement_values(self.outcomes[reference], sets))
+
+    def gain_change(self, method: str, reference: str, heavier: list[str], lighter: list[str]) -> Estimate:
+        """How much larger the gain over `reference` is on `heavier` than on `lighter` sets."""
+        def gain(sets):
+            return agreement_values(self.outcomes[method], sets) - agreement_values(self.outcomes[reference], sets)
+        return self.bootstrap.estimate(gain(heavier).mean(0) - gain(lighter).mean(0))
+
+    def top1(self, method: str, sets: list[str]) -> Estimate:
+        return self.labelled.estimate(correct_values(self.outcomes[method], sets))
+
+
+def interval_table(result: dict, evidence: Evidence, family: str, methods: list[str]) -> str:
+    """Agreement (%) with its 95% interval over photos, per level and Avg; then each method's
+    paired difference to DirectTest (* where the interval excludes 0)."""
+    sets = family_sets(result, family)
+    level_name = "CT" if family == "multi" else "QF"
+    rows = [(str(set_level(s)), [s]) for s in sets] + [("Avg", sets)]
+    lines = [f"| {level_name} | " + " | ".join(display(m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
+    for label, chosen in rows:
+        lines.append(f"| {label} | " + " | ".join(_pct(evidence.level(m, chosen)) for m in methods) + " |")
+    others = [m for m in methods if m != "direct"]
+    lines += ["", f"Paired difference to DirectTest, points (95% interval over photos; * significant at 5%):", "",
+              f"| {level_name} | " + " | ".join(display(m) for m in others) + " |", "|---|" + "---:|" * len(others)]
+    for label, chosen in rows:
+        lines.append(f"| {label} | " + " | ".join(_pct(evidence.gain(m, "direct", chosen), signed=True)
+                                                  for m in others) + " |")
+    return "\n".join(lines)
+
+
+def top1_table(result: dict, evidence: Evidence, methods: list[str]) -> str:
+    """Real top-1 accuracy on the labelled photos only, JPEG family."""
+    sets = ["clean", *family_sets(result, "jpeg")]
+    lines = ["| set | " + " | ".join(display(m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
+    for name in sets:
+        lines.append(f"| {name} | " + " | ".join(_pct(evidence.top1(m, [name])) for m in methods) + " |")
+    return "\n".join(lines)
+
+
+SEEDS = ("afd", "afd_seed1", "afd_seed2")
+
+
+def seeds_table(result: dict, evidence: Evidence) -> str:
+    """AFD trained from each seed: its JPEG-average gain over DirectTest."""
+    seeds = [m for m in SEEDS if evidence.has(m)]
+    jpeg = family_sets(result, "jpeg")
+    gains = [evidence.gain(m, "direct", jpeg) for m in seeds]
+    lines = ["| model | gain over DirectTest, JPEG Avg (points) |", "|---|---:|"]
+    lines += [f"| {display(m)} | {_pct(g, signed=True)} |" for m, g in zip(seeds, gains)]
+    values = [100 * g.value for g in gains]
+    lines.append(f"| mean ± sd over {len(seeds)} seeds | {np.mean(values):+.1f} ± {np.std(values, ddof=1):.1f} |")
+    return "\n".join(lines)
+
+
+def _verdict(estimate: Estimate, seeds: list[Estimate] | None = None) -> str:
+    """confirmed (significantly > 0), refuted (significantly < 0), else not confirmed; a claim about
+    AFD whose sign flips across seeds is not confirmed whatever one seed says."""
+    if seeds and len({g.value > 0 for g in seeds}) > 1:
+        return "not confirmed (the sign flips across seeds)"
+    if estimate.significant:
+        return "confirmed" if estimate.value > 0 else "refuted"
+    return "not confirmed (not significant)"
+
+
+def claims(result: dict, evidence: Evidence) -> list[str]:
+    """Each claim of the paper this backbone's data can test, with its verdict and the paired
+    difference it rests on (agreement points, 95% interval over photos)."""
+    out = []
+    jpeg, multi = family_sets(result, "jpeg"), family_sets(result, "multi")
+    seeds = [m for m in SEEDS if evidence.has(m)]
+
+    def claim(text: str, estimate: Estimate, seed_estimates: list[Estimate] | None = None) -> None:
+        out.append(f"- {text}: **{_verdict(estimate, seed_estimates)}** ({_pct(estimate, signed=True)})")
+
+    for family, sets in (("JPEG QF", jpeg), ("CT", multi)):
+        for name in sets:
+            claim(f"AFD > DirectTest at {family} {set_level(name)}", evidence.gain("afd", "direct", [name]),
+                  [evidence.gain(m, "direct", [name]) for m in seeds] if len(seeds) > 1 else None)
+    for baseline in ("arcnn", "ddp"):
+        if evidence.has(baseline):
+            claim(f"AFD > {display(baseline)} (JPEG Avg)", evidence.gain("afd", baseline, jpeg))
+    if evidence.has("afd_image_blocks", "fe_net"):
+        claim("Table II: DCT FDM > image-block FDM (JPEG Avg)", evidence.gain("afd", "afd_image_blocks", jpeg))
+        claim("Table II: image-block FDM > no FDM (JPEG Avg)", evidence.gain("afd_image_blocks", "fe_net", jpeg))
+    if evidence.has("afd_shuffled_dct"):
+        claim("Table III: rearranged > shuffled DCT (JPEG Avg)", evidence.gain("afd", "afd_shuffled_dct", jpeg))
+    if len(jpeg) > 1:
+        claim(f"the gain over DirectTest grows as QF falls (QF {set_level(jpeg[-1])} vs {set_level(jpeg[0])})",
+              evidence.gain_change("afd", "direct", [jpeg[-1]], [jpeg[0]]))
+    if len(multi) > 1:
+        claim(f"the gain over DirectTest grows with CT (CT {set_level(multi[-1])} vs {set_level(multi[0])})",
+              evidence.gain_change("afd", "direct", [multi[-1]], [multi[0]]))
+    change = evidence.gain("afd", "direct", ["clean"]).scaled(100)
+    nearly = "confirmed" if change.low > -2 and change.high < 2 else (
+        "refuted" if change.high < -2 else "not confirmed")
+    out.append(f"- Table X: clean images nearly unchanged (agreement within 2 points of DirectTest): "
+               f"**{nearly}** ({change.value:+.1f} [{change.low:.1f}, {change.high:.1f}])")
+    return out
+
+
+def backbone_section(result: dict, images: dict, training: dict[str, dict], figures_dir: Path,
+                     figures_link: str) -> str:
+    """Training check, Tables V, VI, IX (with intervals and paired tests), top-1 on the labelled
+    photos, II/III, the seeds, X and the paper's claims for one backbone, plus its figures."""
     name = result["backbone"]
     metric = headline_metric(result)
+    evidence = Evidence(images)
     weights = "ImageNet weights" if result["pretrained"] else "RANDOM weights (no weights file given): numbers are meaningless"
+    main = [m for m in result["methods"] if m not in SEEDS[1:]]
     parts = [
-        f"## {name} (tap `{result['tap']}`, {weights})",
-        f"Measured on {result['data']['description']}: {result['data']['images']} images per set. "
-        f"Headline metric: {METRIC_TITLES[metric]}.",
+        f"## {name} (tap `{result['tap']}`, {weights}; native resolution {result.get('native_resolution', '?')} px, "
+        f"evaluated at 224 like ImageNet-C)",
+        f"Measured on {result['data']['description']}: {result['data']['images']} images per set from "
+        f"{evidence.bootstrap.photos} photos. Headline metric: {METRIC_TITLES[metric]}. Intervals: 95%, "
+        f"bootstrap over photos ({evidence.bootstrap.weights.shape[0]} resamples); differences are paired "
+        "(same images).",
         "### Training: each method against doing nothing (last tenth of training, same batches)",
         training_table(training),
     ]
@@ -154,11 +289,15 @@ def backbone_section(result: dict, training: dict[str, dict], figures_dir: Path,
             continue
         figure = f"{name}_{family}_{metric}.png"
         plot_family(result, family, metric, figures_dir / figure)
-        parts += [f"### {title}, {METRIC_TITLES[metric]}", family_table(result, family, metric),
-                  f"![{title}]({figures_link}/{figure})"]
+        table = (interval_table(result, evidence, family, main) if metric == "agreement"
+                 else family_table(result, family, metric, main))
+        parts += [f"### {title}, {METRIC_TITLES[metric]}", table, f"![{title}]({figures_link}/{figure})"]
+    if evidence.labelled and metric == "agreement":
+        parts += [f"### Top-1 accuracy (%) on the {result['data']['labelled']} labelled images only",
+                  top1_table(result, evidence, main)]
     for secondary in ("kl", "feature_mse"):
-        parts += [f"### {FAMILY_TITLES['jpeg'][1]}, {METRIC_TITLES[secondary]}",
-                  family_table(result, "jpeg", secondary)]
+        parts += [f"### {FAMILY_TITLES['jpeg'][1]}, {METRIC_TITLES[secondary]} (mean)",
+                  family_table(result, "jpeg", secondary, main)]
     ablation_ii = [m for m in ("direct", "fe_net", "afd_image_blocks", "afd") if m in result["methods"]]
     ablation_iii = [m for m in ("direct", "afd_shuffled_dct", "afd") if m in result["methods"]]
     if len(ablation_ii) > 2:
@@ -167,21 +306,29 @@ def backbone_section(result: dict, training: dict[str, dict], figures_dir: Path,
     if len(ablation_iii) > 2:
         parts += ["### Table III: rearranged vs shuffled DCT coefficients (JPEG)",
                   family_table(result, "jpeg", metric, ablation_iii)]
+    if evidence.has(*SEEDS[:2]):
+        parts += ["### AFD over seeds (initialisation and batch order)", seeds_table(result, evidence)]
     parts += ["### Table X: on uncompressed images", clean_table(result)]
+    if metric == "agreement":
+        parts += ["### The paper's claims on this data (agreement, paired, 95%)", "\n".join(claims(result, evidence))]
     return "\n\n".join(parts)
 
 
-def write_report(results: list[dict], training: dict[str, dict[str, dict]], efficiency: dict, path: Path,
-                 figures_dir: Path) -> None:
-    """The whole report: one section per backbone (its training summaries: `training[backbone]`),
-    then the efficiency table (Table VII)."""
+def write_report(results: list[dict], images: dict[str, dict], training: dict[str, dict[str, dict]],
+                 efficiency: dict, path: Path, figures_dir: Path) -> None:
+    """The whole report: one section per backbone (its per-image outcomes: `images[backbone]`, its
+    training summaries: `training[backbone]`), then the efficiency table (Table VII)."""
     figures_dir.mkdir(parents=True, exist_ok=True)
     link = figures_dir.relative_to(path.parent).as_posix() if figures_dir.is_relative_to(path.parent) else str(figures_dir)
     parts = [
         "# AFD-Module: reproduction report",
-        "Generated by `dvc repro` (stage `report`) from `metrics/`; every number below is in those files.",
+        "Generated by `dvc repro` (stage `report`) from `metrics/`; every number below is in those files "
+        "or computed from their per-image outcomes (`metrics/eval/*.images.json`). The evaluation photos "
+        "ship as JPEG files (about quality 75-85, like ImageNet's own): the shipped file is the clean "
+        "reference, as in ImageNet-C.",
     ]
-    parts += [backbone_section(result, training[result["backbone"]], figures_dir, link) for result in results]
+    parts += [backbone_section(result, images[result["backbone"]], training[result["backbone"]], figures_dir, link)
+              for result in results]
     for backbone, measured in efficiency.items():
         parts += [
             f"## Table VII: efficiency at the {backbone} tap",

@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 
 from afd.device import DEVICE_TAG, resolve_version
 from afd.errors import AFDError, ConfigError
-from afd.layout import DATA_STAGES, eval_sets, fuse_stage, train_stage
+from afd.layout import DATA_STAGES, backbone_methods, eval_sets, fuse_stage, train_stage
 from afd.methods import DIRECT_TEST
 from afd.params import load_params
 from flows.tasks import (
@@ -58,10 +58,10 @@ def grid_task_runner(dask_address: str | None, threads_per_cell: int):
 @flow(name="afd-evaluation-grid")
 def evaluation_grid(params: dict, backbones: list[str]) -> dict:
     """{backbone: {method: {set: metrics}}}: every cell its own task, DirectTest included."""
-    methods = [DIRECT_TEST, *params["train"]["methods"]]
-    cells = [(b, m, s) for b in backbones for m in methods for s in eval_sets(params)]
+    methods = {b: [DIRECT_TEST, *backbone_methods(params, b)] for b in backbones}
+    cells = [(b, m, s) for b in backbones for m in methods[b] for s in eval_sets(params)]
     futures = evaluate_grid_cell.map(unmapped(params), *(list(column) for column in zip(*cells)))
-    grid: dict = {b: {m: {} for m in methods} for b in backbones}
+    grid: dict = {b: {m: {} for m in methods[b]} for b in backbones}
     for (backbone, method, set_name), future in zip(cells, futures):
         grid[backbone][method][set_name] = future.result()
     return grid
@@ -120,10 +120,10 @@ def retrain(
     pull_data(list(DATA_STAGES))
     reproduce(list(DATA_STAGES))
     for backbone in backbones:
-        for method in params["train"]["methods"]:
-            reproduce([train_stage(backbone, method)])
-        for method in params["fuse"]["methods"]:
-            reproduce([fuse_stage(backbone, method)])
+        for method in backbone_methods(params, backbone):
+            reproduce([train_stage(params, backbone, method)])
+        for method in backbone_methods(params, backbone, "fuse"):
+            reproduce([fuse_stage(params, backbone, method)])
     reproduce(["efficiency"])
     publish_efficiency(backbones)
 

@@ -24,6 +24,7 @@ from afd.determinism import pin_cpu_numerics
 from afd.errors import AFDError
 from afd.layout import METRICS, eval_sets, fused_model, trained_model
 from afd.methods import Method
+from afd.evaluate import Outcomes
 from afd.pipeline import evaluate_cell, evaluation_record, log_evaluation, register_backbone, trained_methods
 from afd.report import grid_summary
 from afd.tracking import dvc_lock_hashes
@@ -95,7 +96,7 @@ def _cell_cache_key(context, parameters: dict) -> str | None:
 
 
 @task(task_run_name="evaluate {backbone} {method} {set_name}", cache_key_fn=_cell_cache_key, persist_result=True)
-def evaluate_grid_cell(params: dict, backbone: str, method: str, set_name: str) -> dict:
+def evaluate_grid_cell(params: dict, backbone: str, method: str, set_name: str) -> Outcomes:
     """One cell of the grid (method or DirectTest on one set), on the pinned CPU code paths of the
     `evaluate` stage, so the cell equals the stage's."""
     pin_cpu_numerics(params["numerics"]["threads"])
@@ -103,7 +104,7 @@ def evaluate_grid_cell(params: dict, backbone: str, method: str, set_name: str) 
 
 
 @task(name="record-evaluation", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def record_evaluation(params: dict, backbone: str, grid: dict) -> dict:
+def record_evaluation(params: dict, backbone: str, grid: dict[str, dict[str, Outcomes]]) -> dict:
     """The evaluation record, logged to MLflow and published as the run's grid artifact."""
     trained = trained_methods(params, backbone)
     record = evaluation_record(params, trained, grid)

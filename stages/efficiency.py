@@ -24,7 +24,7 @@ def main() -> None:
     params = load_params(args.params)
     settings = params["efficiency"]
     results = {}
-    for name in params["train"]["backbones"]:
+    for name in settings["backbones"]:
         _, tap = backbone_from_params(params, name)
         weights = params["backbones"][name].get("weights")
         rows = compare_efficiency(

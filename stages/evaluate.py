@@ -5,7 +5,7 @@ from afd.determinism import pin_cpu_numerics
 from afd.io import write_json
 from afd.layout import METRICS
 from afd.params import load_params
-from afd.pipeline import evaluate_backbone, evaluation_record, log_evaluation, trained_methods
+from afd.pipeline import evaluate_backbone, evaluation_record, image_outcomes, log_evaluation, trained_methods
 
 from stage import stage_arguments, stage_main
 
@@ -16,7 +16,9 @@ def main() -> None:
     params = load_params(args.params)
     pin_cpu_numerics(params["numerics"]["threads"])
     trained = trained_methods(params, args.backbone)
-    record = evaluation_record(params, trained, evaluate_backbone(params, trained))
+    outcomes = evaluate_backbone(params, trained)
+    record = evaluation_record(params, trained, outcomes)
+    write_json(METRICS / "eval" / f"{args.backbone}.images.json", image_outcomes(params, outcomes))
     write_json(METRICS / "eval" / f"{args.backbone}.json", record)
     log_evaluation(params, trained, record)
     print(f"{args.backbone}: {len(record['methods'])} methods x {len(record['grid']['direct'])} sets evaluated")

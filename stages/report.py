@@ -6,7 +6,7 @@ from pathlib import Path
 
 import mlflow
 
-from afd.layout import METRICS
+from afd.layout import METRICS, backbone_methods
 from afd.params import load_params
 from afd.report import write_report
 from afd.tracking import git_commit, tracked_run
@@ -21,11 +21,13 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     results = [json.loads((METRICS / "eval" / f"{name}.json").read_text()) for name in params["train"]["backbones"]]
+    images = {name: json.loads((METRICS / "eval" / f"{name}.images.json").read_text())
+              for name in params["train"]["backbones"]}
     training = {backbone: {method: json.loads((METRICS / "train" / backbone / f"{method}.json").read_text())
-                           for method in params["train"]["methods"]} for backbone in params["train"]["backbones"]}
+                           for method in backbone_methods(params, backbone)} for backbone in params["train"]["backbones"]}
     efficiency = json.loads((METRICS / "efficiency.json").read_text())
     out = Path(args.out)
-    write_report(results, training, efficiency, out, out.parent / "figures")
+    write_report(results, images, training, efficiency, out, out.parent / "figures")
     with tracked_run("report", tags={"stage": "report", "git_commit": git_commit()}):
         mlflow.log_artifacts(str(out.parent), artifact_path="report")
     print(f"{out}: written")

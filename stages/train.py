@@ -30,7 +30,8 @@ def main() -> None:
     params = load_params(args.params)
     numerics = pin_cpu_numerics(params["numerics"]["threads"])
     method = Method.from_params(args.method, params["methods"])
-    config = TrainConfig.from_profile(training_profile(params), params["seed"]).with_lr_scale(method.lr_scale)
+    seed = params["seed"] + method.seed_offset
+    config = TrainConfig.from_profile(training_profile(params), seed).with_lr_scale(method.lr_scale)
     backbone, tap = backbone_from_params(params, args.backbone)
     if not backbone.pretrained:
         print(f"warning: {args.backbone} has random weights; its results mean nothing")
@@ -42,7 +43,7 @@ def main() -> None:
         [path for _, path in load_set(clean_dir)],
         {name: [path for _, path in load_set(directory)] for name, directory in degraded_dirs.items()},
     )
-    torch.manual_seed(params["seed"])
+    torch.manual_seed(seed)
     module = method.build(backbone, tap)
     classifier = method.classifier(backbone, module, tap)
     identity = {"name": f"{args.backbone}/{args.method}", "method": dataclasses.asdict(method), "tap": tap,

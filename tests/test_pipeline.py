@@ -132,7 +132,10 @@ def test_efficiency_report_and_plots_are_written(repo):
     assert [row["role"] for row in efficiency["rows"]][:3] == ["backbone", "afd_unfused", "afd_fused"]
     report = (repo / "reports" / "report.md").read_text()
     assert "Table V" in report and "Table VI" in report and "Table IX" in report and "Table VII" in report
-    assert "5 views" in report and "smoke test" in report  # says what data and how many images
+    # says what data, how many images and photos, and from which package
+    assert "5 images (several 224 views each) of 1 real photos shipped in PyPI packages (1 from scikit-image" in report
+    assert "from 1 photos" in report and "bootstrap over photos" in report
+    assert "The paper's claims on this data" in report and "AFD > DirectTest at JPEG QF 7: **" in report
     assert any((repo / "reports" / "figures").glob("*.png"))
     curve = (repo / "plots" / "train" / BACKBONE / "afd.csv").read_text().splitlines()
     assert curve[0] == "step,loss,identity" and len(curve) == 1 + 12 // 10 + 1

@@ -10,7 +10,7 @@ from PIL import Image
 from afd.backbones import build_backbone
 from afd.compress import jpeg
 from afd.errors import ConfigError, TrainingError
-from afd.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, set_family, set_level
+from afd.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, grid_metrics, set_family, set_level
 from afd.images import to_batch
 from afd.methods import Method
 from afd.samples import sample_photos
@@ -249,18 +249,20 @@ def test_direct_test_on_clean_images_is_perfect_and_an_untrained_afd_changes_not
     untrained = Method.from_params("afd", METHODS).classifier(
         backbone, Method.from_params("afd", METHODS).build(backbone, "stem").eval(), "stem")
     clean = evaluate_set(direct, {"direct": direct, "afd": untrained}, evaluation_batches(backbone, None))
-    assert clean["direct"] == {"agreement": 1.0, "kl": 0.0, "feature_mse": 0.0, "top1": 1.0}
+    assert clean["direct"].metrics() == {"agreement": 1.0, "kl": 0.0, "feature_mse": 0.0, "top1": 1.0}
     compressed = evaluate_set(direct, {"direct": direct, "afd": untrained}, evaluation_batches(backbone, 5))
-    assert compressed["direct"]["feature_mse"] > 0 and compressed["direct"]["kl"] > 0
-    assert compressed["afd"] == compressed["direct"]
+    assert compressed["direct"].metrics()["feature_mse"] > 0 and compressed["direct"].metrics()["kl"] > 0
+    assert compressed["afd"] == compressed["direct"]  # image by image
+    assert len(compressed["afd"].agree) == len(compressed["afd"].kl) == sum(len(b.clean) for b in
+                                                                           evaluation_batches(backbone, 5))
 
 
 def test_metrics_without_labels_and_family_averages(backbone):
     direct = Method.from_params("afd", METHODS).classifier(backbone, None, "stem")
     unlabelled = [Batch(b.clean, b.degraded, [None] * len(b.clean)) for b in evaluation_batches(backbone, 10)]
-    grid = evaluate_grid(direct, {"direct": direct},
-                         {"clean": evaluation_batches(backbone, None), "jpeg_q10": unlabelled,
-                          "jpeg_q50": evaluation_batches(backbone, 50)}, progress=False)
+    grid = grid_metrics(evaluate_grid(direct, {"direct": direct},
+                                      {"clean": evaluation_batches(backbone, None), "jpeg_q10": unlabelled,
+                                       "jpeg_q50": evaluation_batches(backbone, 50)}, progress=False))
     assert "top1" not in grid["direct"]["jpeg_q10"] and "top1" in grid["direct"]["jpeg_q50"]
     averages = family_averages(grid)["direct"]
     assert set(averages) == {"jpeg"}
