@@ -37,6 +37,7 @@ retrain: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python benches/efficiency.py
+	$(BIN)/python benches/harness.py  # needs `make repro`'s data
 
 clean:
 	rm -rf $(VENV) .pytest_cache

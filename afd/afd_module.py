@@ -23,6 +23,11 @@ from .repconv import RepConv
 
 FDM_SOURCES = ("dct", "image_blocks", "shuffled_dct", "none")
 
+# FE-Net widths by module size (a training profile's `afd_size`). "paper": the fused module costs
+# what the paper's Table VII gives at ResNet-50's tap (0.11 M parameters, 0.36 GMACs on 64 x 112 x
+# 112): 0.111 M and 0.357 G by afd.efficiency's counts. "small": 0.085 M and 0.19 G, for a 2-core CPU.
+AFD_SIZES = {"small": (16, 32, 64), "paper": (26, 48, 56)}
+
 # Level-shifted pixels lie in [-128, 127]; the orthonormal DCT keeps their energy, so dividing by
 # 128 puts FDE-Net's input on a unit scale without learned normalisation.
 _FREQUENCY_INPUT_SCALE = 1.0 / 128.0
@@ -33,7 +38,8 @@ class AFDConfig:
     """Architecture of an AFD-Module; stored in every checkpoint so the module can be rebuilt.
 
     feature_channels: channels of the backbone feature at the tap.
-    width: FE-Net's channels at full resolution (doubling at each of its two downsamplings).
+    widths: FE-Net's channels at its three resolutions (full, 1/2, 1/4 of the feature's); AFD_SIZES
+        names the ones the profiles use.
     fdm_source: FDE-Net input: "dct" (paper), "image_blocks", "shuffled_dct", or "none" (FE-Net alone).
     fdm_per_channel: one FDM value per block and feature channel instead of one per block.
     fde_hidden: widths of FDE-Net's two hidden 1x1 stages (the third stage outputs the FDM).
@@ -41,7 +47,7 @@ class AFDConfig:
     """
 
     feature_channels: int = 64
-    width: int = 16
+    widths: tuple[int, int, int] = field(default=AFD_SIZES["small"])
     fdm_source: str = "dct"
     fdm_per_channel: bool = False
     fde_hidden: tuple[int, int] = field(default=(32, 16))
@@ -50,8 +56,11 @@ class AFDConfig:
     def __post_init__(self):
         if self.fdm_source not in FDM_SOURCES:
             raise ConfigError(f"unknown fdm_source {self.fdm_source!r}; choose one of {FDM_SOURCES}")
-        if self.feature_channels < 1 or self.width < 1 or min(self.fde_hidden) < 1:
+        if len(self.widths) != 3:
+            raise ConfigError(f"AFD widths: one per FE-Net resolution (3), got {list(self.widths)}")
+        if self.feature_channels < 1 or min(self.widths) < 1 or min(self.fde_hidden) < 1:
             raise ConfigError(f"AFD widths must be positive, got {self}")
+        object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "fde_hidden", tuple(self.fde_hidden))
 
     def to_dict(self) -> dict:
@@ -117,19 +126,19 @@ class FENet(nn.Module):
     is the identity and training starts from DirectTest.
     """
 
-    def __init__(self, channels: int, width: int, deploy: bool = False):
+    def __init__(self, channels: int, widths: tuple[int, int, int], deploy: bool = False):
         super().__init__()
-        w = width
-        self.head = nn.Conv2d(channels, w, 1)
-        self.enc1 = RepConv(w, w, deploy=deploy)
-        self.enc2 = RepConv(w, 2 * w, stride=2, deploy=deploy)
-        self.enc3 = RepConv(2 * w, 4 * w, stride=2, deploy=deploy)
-        self.bottleneck = RepConv(4 * w, 4 * w, deploy=deploy)
-        self.up2 = Up(4 * w, 2 * w)
-        self.dec2 = RepConv(2 * w, 2 * w, deploy=deploy)
-        self.up1 = Up(2 * w, w)
-        self.dec1 = RepConv(w, w, deploy=deploy)
-        self.tail = nn.Conv2d(w, channels, 1)
+        w1, w2, w3 = widths
+        self.head = nn.Conv2d(channels, w1, 1)
+        self.enc1 = RepConv(w1, w1, deploy=deploy)
+        self.enc2 = RepConv(w1, w2, stride=2, deploy=deploy)
+        self.enc3 = RepConv(w2, w3, stride=2, deploy=deploy)
+        self.bottleneck = RepConv(w3, w3, deploy=deploy)
+        self.up2 = Up(w3, w2)
+        self.dec2 = RepConv(w2, w2, deploy=deploy)
+        self.up1 = Up(w2, w1)
+        self.dec1 = RepConv(w1, w1, deploy=deploy)
+        self.tail = nn.Conv2d(w1, channels, 1)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
@@ -152,7 +161,7 @@ class AFDModule(nn.Module):
     def __init__(self, config: AFDConfig | None = None, deploy: bool = False):
         super().__init__()
         self.config = config or AFDConfig()
-        self.fe = FENet(self.config.feature_channels, self.config.width, deploy=deploy)
+        self.fe = FENet(self.config.feature_channels, self.config.widths, deploy=deploy)
         self.fde = FDENet(self.config) if self.config.fdm_source != "none" else None
 
     @property

@@ -283,13 +283,17 @@ def _efficientnet_lite(variant: int, weights: str | Path | None = None) -> Split
     pieces = [
         ("conv_stem", model.conv_stem),
         ("bn1", model.bn1),  # BatchNorm + ReLU6
-        ("blocks", model.blocks),
+        ("stage1", model.blocks[0]),
+        ("stage2", model.blocks[1]),
+        ("stages_rest", model.blocks[2:]),
         ("conv_head", model.conv_head),
         ("bn2", model.bn2),
         ("global_pool", model.global_pool),
         ("classifier", model.classifier),
     ]
-    taps = {"stem": 2}
+    # Table I's four depths, as D1-D4 are for ResNet-50: the stem conv, after its BN + ReLU6 (the
+    # default), after the first stage (one depthwise-separable block), after the second stage.
+    taps = {"stem_conv": 1, "stem": 2, "stage1": 3, "stage2": 4}
     return SplitBackbone(name, pieces, taps, "stem", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), weights_file,
                          native_resolution=_LITE_RESOLUTIONS[variant])
 

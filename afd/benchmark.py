@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .afd_module import AFDConfig, AFDModule
+from .afd_module import AFD_SIZES, AFDConfig, AFDModule
 from .backbones import build_backbone
 from .baselines import ARCNN, DDPEnhancer
 from .classifier import EnhancedClassifier
@@ -60,6 +60,7 @@ def compare_efficiency(
         raise ConfigError(f"the AFD-Module takes {afd.feature_channels}-channel features, but {backbone_name}'s "
                           f"tap {tap!r} gives {channels}")
     fused = reparameterize(afd)
+    paper_size = AFDModule(AFDConfig(feature_channels=channels, widths=AFD_SIZES["paper"]))
     images = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     feature = torch.randn(1, channels, image_size // stride, image_size // stride)
     images, feature = images.to(memory_format=layout), feature.to(memory_format=layout)
@@ -69,6 +70,8 @@ def compare_efficiency(
         ("afd_unfused", "AFD (multi-branch)", afd, (feature, images)),
         ("afd_fused", "AFD (fused)", fused, (feature, images)),
         ("backbone_with_afd", f"{backbone_name} + AFD (fused)", EnhancedClassifier(backbone, fused, tap), (images,)),
+        ("afd_paper_unfused", "AFD, paper size (multi-branch)", paper_size, (feature, images)),
+        ("afd_paper_fused", "AFD, paper size (fused)", reparameterize(paper_size), (feature, images)),
         ("ddp", "DDP", DDPEnhancer(channels), (feature, images)),
         ("arcnn", "ARCNN", ARCNN(), (images,)),
     ]

@@ -74,31 +74,75 @@ class Batch:
     labels: list[int | None]  # ImageNet class per image, None where unknown
 
 
+class CleanReference:
+    """The plain backbone on the clean images: its log-probabilities and its feature at each tap,
+    per batch. Every set pairs the same clean images in the same order, so a grid computes them
+    once per image instead of once per set; kept up to `max_bytes`, recomputed beyond (an
+    ImageNet-sized set)."""
+
+    def __init__(self, backbone_classifier: nn.Module, max_bytes: int = 2 * 1024**3):
+        self.classifier = backbone_classifier
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.kept: dict[tuple[int, str], torch.Tensor] = {}
+
+    def feature(self, index: int, images: torch.Tensor, tap: str) -> torch.Tensor:
+        return self._get(index, images, tap, lambda: self.classifier.backbone.forward_to_tap(images, tap))
+
+    def log_probs(self, index: int, images: torch.Tensor) -> torch.Tensor:
+        tap = self.classifier.tap
+        return self._get(index, images, "log_probs", lambda: self.classifier.backbone.forward_from_tap(
+            self.feature(index, images, tap), tap).log_softmax(dim=1))
+
+    def _get(self, index: int, images: torch.Tensor, what: str, compute) -> torch.Tensor:
+        # Kept values are used only for the very images they were computed from.
+        kept_images = self.kept.get((index, "images"))
+        if kept_images is not None and not torch.equal(kept_images, images):
+            return compute()
+        if kept_images is None:
+            self._keep((index, "images"), images)
+        value = self.kept.get((index, what))
+        if value is None:
+            value = compute()
+            self._keep((index, what), value)
+        return value
+
+    def _keep(self, key, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.kept[key] = value
+            self.bytes += size
+
+
 @torch.inference_mode()
 def evaluate_set(
     backbone_classifier: nn.Module,
     methods: dict[str, nn.Module],
     batches: Iterable[Batch],
+    reference: CleanReference | None = None,
 ) -> dict[str, Outcomes]:
     """Per-image outcomes of each method on one set. `backbone_classifier` is the plain backbone as
-    a classifier (it gives the clean reference, once per image for all methods); every method
-    exposes `enhanced_feature(images)` and finishes through `backbone.forward_from_tap(feature, tap)`."""
+    a classifier: it gives the clean reference (`reference` keeps it across sets); every method
+    exposes `enhanced_feature(images)` and finishes through `backbone.forward_from_tap(feature, tap)`.
+    Runs channels-last, the faster layout for these convolutions on a CPU."""
+    reference = reference or CleanReference(backbone_classifier, max_bytes=0)
+    for model in methods.values():
+        model.to(memory_format=torch.channels_last)
     outcomes = defaultdict(Outcomes)
-    for batch in batches:
-        clean_feature = backbone_classifier.tap_feature(batch.clean)
-        clean_log_probs = backbone_classifier.backbone.forward_from_tap(
-            clean_feature, backbone_classifier.tap
-        ).log_softmax(dim=1)
+    for index, batch in enumerate(batches):
+        clean = batch.clean.contiguous(memory_format=torch.channels_last)
+        degraded = batch.degraded.contiguous(memory_format=torch.channels_last)
+        clean_log_probs = reference.log_probs(index, clean)
         clean_prediction = clean_log_probs.argmax(dim=1)
         for name, model in methods.items():
-            feature = model.enhanced_feature(batch.degraded)
+            target = reference.feature(index, clean, model.tap)  # methods may plug in at other taps
+            feature = model.enhanced_feature(degraded)
             log_probs = model.backbone.forward_from_tap(feature, model.tap).log_softmax(dim=1)
             prediction = log_probs.argmax(dim=1)
             o = outcomes[name]
             o.agree += (prediction == clean_prediction).tolist()
             o.correct += [None if label is None else int(p) == label for p, label in zip(prediction, batch.labels)]
             o.kl += F.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none").sum(dim=1).tolist()
-            o.feature_mse += ((feature - clean_feature) ** 2).flatten(1).mean(dim=1).tolist()
+            o.feature_mse += ((feature - target) ** 2).flatten(1).mean(dim=1).tolist()
     return dict(outcomes)
 
 
@@ -106,12 +150,16 @@ def evaluate_grid(
     backbone_classifier: nn.Module,
     methods: dict[str, nn.Module],
     sets: dict[str, Iterable[Batch]],
+    cells: dict[str, list[str]] | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, Outcomes]]:
-    """{method: {set: outcomes}} over every set (each an iterable of batches)."""
+    """{method: {set: outcomes}} over every set (each an iterable of batches of the same clean
+    images); `cells` ({set: method names}) limits which methods run on which set (default: all)."""
+    reference = CleanReference(backbone_classifier)
     grid: dict[str, dict[str, Outcomes]] = {name: {} for name in methods}
-    for set_name, batches in tqdm(sets.items(), desc="sets", disable=not progress):
-        for method, outcomes in evaluate_set(backbone_classifier, methods, batches).items():
+    for set_name, batches in tqdm(sets.items(), desc="sets", unit="set", disable=not progress):
+        chosen = {name: methods[name] for name in (cells[set_name] if cells else methods)}
+        for method, outcomes in evaluate_set(backbone_classifier, chosen, batches, reference).items():
             grid[method][set_name] = outcomes
     return grid
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .afd_module import AFDConfig, AFDModule
+from .afd_module import AFD_SIZES, AFDConfig, AFDModule
 from .backbones import SplitBackbone
 from .baselines import ARCNN, DDPEnhancer
 from .classifier import CascadeClassifier, EnhancedClassifier
@@ -33,6 +33,11 @@ class Method:
     fdm_source: str = "dct"
     lr_scale: float = 1.0  # times the profile's learning rates: each architecture needs its own step
     seed_offset: int = 0  # trained with the pipeline's seed + this: the same method, another initialisation
+    tap: str | None = None  # where it plugs in; None: the backbone's configured tap (Table I varies it)
+
+    def tap_on(self, backbone_tap: str) -> str:
+        """The tap this method uses on a backbone configured with `backbone_tap`."""
+        return self.tap or backbone_tap
 
     @classmethod
     def from_params(cls, name: str, methods: dict) -> "Method":
@@ -49,11 +54,13 @@ class Method:
     def fusable(self) -> bool:
         return self.kind == "afd"
 
-    def build(self, backbone: SplitBackbone, tap: str) -> nn.Module:
-        """A fresh, untrained module (the identity until trained) for this backbone's tap."""
+    def build(self, backbone: SplitBackbone, tap: str, afd_size: str = "small") -> nn.Module:
+        """A fresh, untrained module (the identity until trained) for this backbone's tap;
+        `afd_size` (afd.afd_module.AFD_SIZES) sizes an AFD-Module's FE-Net."""
         channels = backbone.tap_channels(tap)
         if self.kind == "afd":
-            return AFDModule(AFDConfig(feature_channels=channels, fdm_source=self.fdm_source))
+            return AFDModule(AFDConfig(feature_channels=channels, widths=AFD_SIZES[afd_size],
+                                       fdm_source=self.fdm_source))
         if self.kind == "ddp":
             return DDPEnhancer(channels)
         return ARCNN()

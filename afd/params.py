@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
-from .afd_module import FDM_SOURCES
+from .afd_module import AFD_SIZES, FDM_SOURCES
 from .compress import MAX_COMPRESSION_TIMES
+from .evaluate import SET_FAMILIES
 from .errors import ConfigError, display_name
 from .images import GRID
 from .layout import eval_sets
@@ -85,6 +86,7 @@ class MethodSpec(_Section):
     fdm_source: Literal[FDM_SOURCES] | None = None  # type: ignore[valid-type]
     lr_scale: Rate = 1.0
     seed_offset: Annotated[StrictInt, Field(ge=0)] = 0  # trained with seed + this: another initialisation
+    tap: NonEmpty | None = None  # the backbone tap it plugs in at (default: backbones.<name>.tap or its default)
 
     @model_validator(mode="after")
     def _fdm_source_is_afds(self):
@@ -98,7 +100,6 @@ class Train(_Section):
     methods: Annotated[list[NonEmpty], Field(min_length=1)]  # on every backbone
     study_backbone: NonEmpty  # the ablations, baselines and seeds of study_methods run on it only
     study_methods: list[NonEmpty]
-    mix_clean: StrictBool
     max_loss_ratio: Rate  # a method whose final loss is above this fraction of doing nothing's failed
     min_alive_fraction: Annotated[float, Field(ge=0, le=1)]
 
@@ -118,10 +119,17 @@ class Profile(_Section):
     lr_drop_at: Annotated[StrictInt, Field(ge=0)]
     lr_after_drop: Rate
     checkpoint_every: Count
+    # Also draw clean patches as inputs (target: their own feature), so the module learns to leave
+    # uncompressed features alone (paper Table X); not in the paper's recipe.
+    mix_clean: StrictBool
+    afd_size: Literal[tuple(AFD_SIZES)]  # type: ignore[valid-type]  # FE-Net widths (afd.afd_module)
 
 
 class Evaluate(_Section):
     batch_size: Count
+    # the study methods are evaluated on the clean images and these families' sets only (their
+    # tables are JPEG tables); the headline methods and DirectTest on every set
+    study_families: list[Literal[SET_FAMILIES]]  # type: ignore[valid-type]
 
 
 class Register(_Section):

@@ -22,7 +22,7 @@ from .baselines import ARCNN
 from .checkpoint import load_enhancer
 from .classifier import CascadeClassifier, EnhancedClassifier
 from .data import PairedImages, labels, load_set
-from .evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics
+from .evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics, set_family
 from .export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
 from .images import load_image, to_batch
 from .layout import backbone_from_params, backbone_methods, deployable_model, eval_sets, fused_model, trained_model
@@ -53,7 +53,7 @@ def trained_methods(params: dict, backbone_name: str, methods: list[str] | None 
         method = Method.from_params(name, params["methods"])
         model_files.append(deployable_model(backbone_name, method))
         module, _ = load_enhancer(model_files[-1])
-        classifiers[name] = method.classifier(backbone, module, tap)
+        classifiers[name] = method.classifier(backbone, module, method.tap_on(tap))
     return TrainedMethods(backbone_name, backbone, tap, classifiers, model_files)
 
 
@@ -78,10 +78,21 @@ def evaluation_sets(params: dict, names: list[str] | None = None) -> dict[str, E
             for name in (names or sets)}
 
 
+def grid_cells(params: dict, backbone_name: str) -> dict[str, list[str]]:
+    """{set: the methods evaluated on it}: DirectTest and `train.methods` on every set; the study
+    methods (on the study backbone) on the clean set and `evaluate.study_families` only."""
+    headline = [DIRECT_TEST, *params["train"]["methods"]]
+    every = [DIRECT_TEST, *backbone_methods(params, backbone_name)]
+    families = params["evaluate"]["study_families"]
+    return {name: every if name == "clean" or set_family(name) in families else headline
+            for name in eval_sets(params)}
+
+
 def evaluate_backbone(params: dict, trained: TrainedMethods) -> dict[str, dict[str, Outcomes]]:
-    """The whole grid method x set (per-image outcomes) in one pass over each set."""
+    """The grid method x set of `grid_cells` (per-image outcomes), one pass over each set."""
     direct = trained.classifiers[DIRECT_TEST]
-    return evaluate_grid(direct, trained.classifiers, evaluation_sets(params))
+    return evaluate_grid(direct, trained.classifiers, evaluation_sets(params),
+                         grid_cells(params, trained.backbone_name))
 
 
 def evaluate_cell(params: dict, backbone_name: str, method: str, set_name: str) -> Outcomes:
@@ -124,6 +135,7 @@ def evaluation_record(params: dict, trained: TrainedMethods, outcomes: dict[str,
         "native_resolution": trained.backbone.native_resolution,
         "data": describe_data(eval_sets(params)["clean"]),
         "methods": list(grid),
+        "taps": {name: classifier.tap for name, classifier in trained.classifiers.items()},
         "grid": grid,
         "averages": family_averages(grid),
     }

@@ -25,6 +25,9 @@ DISPLAY_NAMES = {
     "afd": "AFD",
     "afd_seed1": "AFD (seed +1)",
     "afd_seed2": "AFD (seed +2)",
+    "afd_tap_stem_conv": "AFD at stem conv",
+    "afd_tap_stage1": "AFD after stage 1",
+    "afd_tap_stage2": "AFD after stage 2",
     "fe_net": "FE-Net",
     "afd_image_blocks": "FE-Net + image blocks",
     "afd_shuffled_dct": "Shuffled DCT",
@@ -59,6 +62,11 @@ def family_sets(result: dict, family: str) -> list[str]:
     sets = {s for by_set in result["grid"].values() for s in by_set if set_family(s) == family}
     # JPEG/AVIF from light to heavy compression (QF descending), CT ascending, as in the paper.
     return sorted(sets, key=lambda s: set_level(s), reverse=family != "multi")
+
+
+def _evaluated_on(result: dict, methods: list[str], sets: list[str]) -> list[str]:
+    """Those of `methods` evaluated on every one of `sets` (the study methods skip some families)."""
+    return [m for m in methods if all(s in result["grid"][m] for s in sets)]
 
 
 def family_table(result: dict, family: str, metric: str, methods: list[str] | None = None) -> str:
@@ -107,7 +115,7 @@ def plot_family(result: dict, family: str, metric: str, path: Path) -> None:
     sets = family_sets(result, family)
     levels = [set_level(s) for s in sets]
     figure, axes = plt.subplots(figsize=(6, 4))
-    for method in result["methods"]:
+    for method in _evaluated_on(result, result["methods"], sets):
         values = [result["grid"][method][s].get(metric) for s in sets]
         scale = 100 if metric in PERCENT_METRICS else 1
         axes.plot(levels, [v * scale for v in values], marker="o", label=display(method),
@@ -187,7 +195,7 @@ def interval_table(result: dict, evidence: Evidence, family: str, methods: list[
     for label, chosen in rows:
         lines.append(f"| {label} | " + " | ".join(_pct(evidence.level(m, chosen)) for m in methods) + " |")
     others = [m for m in methods if m != "direct"]
-    lines += ["", f"Paired difference to DirectTest, points (95% interval over photos; * significant at 5%):", "",
+    lines += ["", "Paired difference to DirectTest, points (95% interval over photos; * significant at 5%):", "",
               f"| {level_name} | " + " | ".join(display(m) for m in others) + " |", "|---|" + "---:|" * len(others)]
     for label, chosen in rows:
         lines.append(f"| {label} | " + " | ".join(_pct(evidence.gain(m, "direct", chosen), signed=True)
@@ -205,6 +213,21 @@ def top1_table(result: dict, evidence: Evidence, methods: list[str]) -> str:
 
 
 SEEDS = ("afd", "afd_seed1", "afd_seed2")
+TAP_STUDY = ("afd_tap_stem_conv", "afd", "afd_tap_stage1", "afd_tap_stage2")  # shallow to deep
+TABLE_I_QUALITIES = (25, 15, 7)
+
+
+def tap_table(result: dict, evidence: Evidence) -> str:
+    """Paper Table I: AFD at each tap, agreement and its paired gain over DirectTest."""
+    taps = [m for m in TAP_STUDY if evidence.has(m)]
+    sets = [s for s in family_sets(result, "jpeg") if set_level(s) in TABLE_I_QUALITIES]
+    label = {m: f"{display(m)} (`{result['taps'].get(m, '?')}`)" for m in taps}
+    lines = ["| QF | DirectTest | " + " | ".join(label[m] for m in taps) + " |", "|---|---:|" + "---:|" * len(taps)]
+    for name in sets:
+        cells = [f"{_pct(evidence.level(m, [name]))}, gain {_pct(evidence.gain(m, 'direct', [name]), signed=True)}"
+                 for m in taps]
+        lines.append(f"| {set_level(name)} | {_pct(evidence.level('direct', [name]))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def seeds_table(result: dict, evidence: Evidence) -> str:
@@ -273,7 +296,7 @@ def backbone_section(result: dict, images: dict, training: dict[str, dict], figu
     metric = headline_metric(result)
     evidence = Evidence(images)
     weights = "ImageNet weights" if result["pretrained"] else "RANDOM weights (no weights file given): numbers are meaningless"
-    main = [m for m in result["methods"] if m not in SEEDS[1:]]
+    main = [m for m in result["methods"] if m not in SEEDS[1:] and m not in TAP_STUDY]
     parts = [
         f"## {name} (tap `{result['tap']}`, {weights}; native resolution {result.get('native_resolution', '?')} px, "
         f"evaluated at 224 like ImageNet-C)",
@@ -289,8 +312,9 @@ def backbone_section(result: dict, images: dict, training: dict[str, dict], figu
             continue
         figure = f"{name}_{family}_{metric}.png"
         plot_family(result, family, metric, figures_dir / figure)
-        table = (interval_table(result, evidence, family, main) if metric == "agreement"
-                 else family_table(result, family, metric, main))
+        methods = _evaluated_on(result, main, family_sets(result, family))
+        table = (interval_table(result, evidence, family, methods) if metric == "agreement"
+                 else family_table(result, family, metric, methods))
         parts += [f"### {title}, {METRIC_TITLES[metric]}", table, f"![{title}]({figures_link}/{figure})"]
     if evidence.labelled and metric == "agreement":
         parts += [f"### Top-1 accuracy (%) on the {result['data']['labelled']} labelled images only",
@@ -306,6 +330,9 @@ def backbone_section(result: dict, images: dict, training: dict[str, dict], figu
     if len(ablation_iii) > 2:
         parts += ["### Table III: rearranged vs shuffled DCT coefficients (JPEG)",
                   family_table(result, "jpeg", metric, ablation_iii)]
+    if sum(evidence.has(m) for m in TAP_STUDY) > 1:
+        parts += ["### Table I: where AFD plugs in (JPEG; agreement %, and paired gain over DirectTest)",
+                  tap_table(result, evidence)]
     if evidence.has(*SEEDS[:2]):
         parts += ["### AFD over seeds (initialisation and batch order)", seeds_table(result, evidence)]
     parts += ["### Table X: on uncompressed images", clean_table(result)]

@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .determinism import X86_PINS
 from .errors import ConfigError, TrainingError, display_name, first_line
-from .images import GRID, load_image, to_tensor
+from .images import GRID, load_image
 from .io import atomic_torch_save, file_sha256
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class TrainConfig:
         return self.lr if step < self.lr_drop_at else self.lr_after_drop
 
 
+DECODED_CACHE_BYTES = 2 * 1024**3
+
+
 class PatchPairs:
     """DIV2K-C: clean patches and their degraded versions at several qualities, read lazily.
 
@@ -84,6 +88,8 @@ class PatchPairs:
         self.clean = list(clean)
         self.degraded = {name: list(paths) for name, paths in degraded.items()}
         self.set_names = sorted(self.degraded)
+        self._decoded: dict[Path, torch.Tensor] = {}  # uint8 (3, H, W), up to DECODED_CACHE_BYTES
+        self._cached_bytes = 0
 
     def fingerprint(self) -> str:
         """Changes when the training data does: each file's set, name and content. Not its mtime
@@ -100,12 +106,24 @@ class PatchPairs:
         versions = torch.randint(len(self.set_names), (batch_size,), generator=generator).tolist()
         clean, degraded = [], []
         for index, version in zip(indices, versions):
-            a = to_tensor(load_image(self.clean[index]))
-            b = to_tensor(load_image(self.degraded[self.set_names[version]][index]))
+            a = self._pixels(self.clean[index])
+            b = self._pixels(self.degraded[self.set_names[version]][index])
             top, left = self._crop_origin(a.shape[-2:], crop, generator)
             clean.append(a[:, top : top + crop, left : left + crop])
             degraded.append(b[:, top : top + crop, left : left + crop])
-        return torch.stack(clean), torch.stack(degraded)
+        return torch.stack(clean).float().div_(255.0), torch.stack(degraded).float().div_(255.0)
+
+    def _pixels(self, path: Path) -> torch.Tensor:
+        """The decoded patch as uint8 (3, H, W); kept in memory after its first use while the cache
+        has room (the default profile's patches fit; the paper's 20,000 x 6 do not), so a step
+        decodes each PNG or JPEG at most once."""
+        pixels = self._decoded.get(path)
+        if pixels is None:
+            pixels = torch.from_numpy(np.asarray(load_image(path), dtype=np.uint8).copy()).permute(2, 0, 1)
+            if self._cached_bytes + pixels.numel() <= DECODED_CACHE_BYTES:
+                self._decoded[path] = pixels
+                self._cached_bytes += pixels.numel()
+        return pixels
 
     @staticmethod
     def _crop_origin(size, crop: int, generator: torch.Generator) -> tuple[int, int]:

@@ -18,9 +18,10 @@ from prefect.deployments import run_deployment
 
 from afd.device import DEVICE_TAG, resolve_version
 from afd.errors import AFDError, ConfigError
-from afd.layout import DATA_STAGES, backbone_methods, eval_sets, fuse_stage, train_stage
+from afd.layout import DATA_STAGES, backbone_methods, fuse_stage, train_stage
 from afd.methods import DIRECT_TEST
 from afd.params import load_params
+from afd.pipeline import grid_cells
 from flows.tasks import (
     evaluate_grid_cell,
     publish_efficiency,
@@ -59,7 +60,7 @@ def grid_task_runner(dask_address: str | None, threads_per_cell: int):
 def evaluation_grid(params: dict, backbones: list[str]) -> dict:
     """{backbone: {method: {set: metrics}}}: every cell its own task, DirectTest included."""
     methods = {b: [DIRECT_TEST, *backbone_methods(params, b)] for b in backbones}
-    cells = [(b, m, s) for b in backbones for m in methods[b] for s in eval_sets(params)]
+    cells = [(b, m, s) for b in backbones for s, evaluated in grid_cells(params, b).items() for m in evaluated]
     futures = evaluate_grid_cell.map(unmapped(params), *(list(column) for column in zip(*cells)))
     grid: dict = {b: {m: {} for m in methods[b]} for b in backbones}
     for (backbone, method, set_name), future in zip(cells, futures):

@@ -1,5 +1,5 @@
 """Train one method for one backbone on DIV2K-C (params: seed, profile, methods.<method>,
-train.mix_clean), and refuse it if it did not learn (train.max_loss_ratio, train.min_alive_fraction).
+the profile's mix_clean and afd_size), and refuse it if it did not learn (train.max_loss_ratio, train.min_alive_fraction).
 
 A killed run resumes from checkpoints/<backbone>/<method>/state.pt when re-run.
 """
@@ -31,28 +31,30 @@ def main() -> None:
     numerics = pin_cpu_numerics(params["numerics"]["threads"])
     method = Method.from_params(args.method, params["methods"])
     seed = params["seed"] + method.seed_offset
-    config = TrainConfig.from_profile(training_profile(params), seed).with_lr_scale(method.lr_scale)
+    profile = training_profile(params)
+    config = TrainConfig.from_profile(profile, seed).with_lr_scale(method.lr_scale)
     backbone, tap = backbone_from_params(params, args.backbone)
+    tap = method.tap_on(tap)
     if not backbone.pretrained:
         print(f"warning: {args.backbone} has random weights; its results mean nothing")
 
     clean_dir, degraded_dirs = patch_sets(params)
-    if params["train"]["mix_clean"]:
+    if profile["mix_clean"]:
         degraded_dirs["clean"] = clean_dir
     data = PatchPairs(
         [path for _, path in load_set(clean_dir)],
         {name: [path for _, path in load_set(directory)] for name, directory in degraded_dirs.items()},
     )
     torch.manual_seed(seed)
-    module = method.build(backbone, tap)
+    module = method.build(backbone, tap, profile["afd_size"])
     classifier = method.classifier(backbone, module, tap)
     identity = {"name": f"{args.backbone}/{args.method}", "method": dataclasses.asdict(method), "tap": tap,
                 "weights": str(backbone.weights_file)}
     tags = {**lineage_tags(args.backbone, backbone.weights_file, [clean_dir, *degraded_dirs.values()]),
             "stage": "train", "method": args.method}
     run_params = {"method": params["methods"][args.method], "profile": params["profile"],
-                  "training": dataclasses.asdict(config), "mix_clean": params["train"]["mix_clean"], "tap": tap,
-                  "numerics": numerics}
+                  "training": dataclasses.asdict(config), "tap": tap, "mix_clean": profile["mix_clean"],
+                  "afd_size": profile["afd_size"], "numerics": numerics}
     with tracked_run(f"train@{args.backbone}-{args.method}", run_params, tags):
         result = train(classifier, module, method.loss, method.identity_loss, data, config,
                        CHECKPOINTS / args.backbone / args.method / "state.pt", identity,

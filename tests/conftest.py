@@ -22,13 +22,15 @@ BACKBONE = "efficientnet_lite0"
 
 
 def tiny_params() -> dict:
-    """params.yaml shrunk to seconds per stage: one eval photo, two QFs, one CT, two methods, 12 iterations."""
+    """params.yaml shrunk to seconds per stage: one eval photo, two QFs, one CT, three methods (AFD,
+    ARCNN, and AFD at another tap), 12 iterations."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["sources"]["embedded"].update(train=["astronaut", "china", "flower"], eval=["coffee"], view_sizes=[256])
     params["patches"]["qualities"] = [25, 7]
     params["eval_sets"].update(jpeg_qualities=[25, 7], compression_times=[2], avif_qualities=[25])
-    params["train"].update(backbones=[BACKBONE], methods=["afd"], study_backbone=BACKBONE, study_methods=["arcnn"])
-    params["fuse"].update(methods=["afd"], study_methods=[])
+    params["train"].update(backbones=[BACKBONE], methods=["afd"], study_backbone=BACKBONE,
+                           study_methods=["arcnn", "afd_tap_stage2"])
+    params["fuse"].update(methods=["afd"], study_methods=["afd_tap_stage2"])
     # 12 steps are too few to learn anything: the learned-or-refused check has its own tests
     params["train"].update(max_loss_ratio=10.0, min_alive_fraction=0.0)
     params["profiles"]["default"].update(patch_count=8, iterations=12, batch_size=2, crop=64,

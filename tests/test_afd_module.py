@@ -28,12 +28,12 @@ def inputs(channels=16, size=56, batch=2):
 
 def test_untrained_module_is_the_identity():
     feature, images = inputs()
-    module = AFDModule(AFDConfig(feature_channels=16, width=8))
+    module = AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32)))
     assert torch.equal(module(feature, images), feature)
 
 
 def test_fdm_is_constant_over_each_block_and_varies_between_blocks():
-    config = AFDConfig(feature_channels=16, width=8)
+    config = AFDConfig(feature_channels=16, widths=(8, 16, 32))
     fde = trained_like(FDENet(config))
     feature, images = inputs(size=64)
     fdm = fde(images, feature.shape[-2:])  # stride 2: each 8x8 block covers 4x4 feature pixels
@@ -45,7 +45,7 @@ def test_fdm_is_constant_over_each_block_and_varies_between_blocks():
 
 
 def test_fdm_of_a_block_depends_only_on_that_block():
-    fde = trained_like(FDENet(AFDConfig(feature_channels=16, width=8)))
+    fde = trained_like(FDENet(AFDConfig(feature_channels=16, widths=(8, 16, 32))))
     feature, images = inputs(size=32)
     changed = images.clone()
     changed[:, :, :8, :8] = 1 - changed[:, :, :8, :8]
@@ -55,7 +55,7 @@ def test_fdm_of_a_block_depends_only_on_that_block():
 
 
 def test_per_channel_fdm():
-    fde = trained_like(FDENet(AFDConfig(feature_channels=16, width=8, fdm_per_channel=True)))
+    fde = trained_like(FDENet(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_per_channel=True)))
     assert fde(inputs()[1], (28, 28)).shape == (2, 16, 28, 28)
 
 
@@ -63,12 +63,12 @@ def test_per_channel_fdm():
     "source, expected", [("dct", BlockDCT), ("image_blocks", ImageBlocks), ("shuffled_dct", ShuffledBlockDCT)]
 )
 def test_fdm_source_variants_are_selectable(source, expected):
-    module = AFDModule(AFDConfig(feature_channels=16, width=8, fdm_source=source))
+    module = AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_source=source))
     assert isinstance(module.fde.frequency_input, expected)
 
 
 def test_without_fdm_the_module_is_fe_net_alone():
-    module = trained_like(AFDModule(AFDConfig(feature_channels=16, width=8, fdm_source="none")))
+    module = trained_like(AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_source="none")))
     assert module.fde is None
     feature, images = inputs()
     assert torch.allclose(module(feature, images), feature + module.fe(feature))
@@ -76,7 +76,7 @@ def test_without_fdm_the_module_is_fe_net_alone():
 
 
 def test_fdm_guides_the_residual():
-    module = trained_like(AFDModule(AFDConfig(feature_channels=16, width=8)))
+    module = trained_like(AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32))))
     feature, images = inputs()
     fdm = module.feature_drifting_map(feature, images)
     assert torch.allclose(module(feature, images), feature + fdm * module.fe(feature), atol=1e-6)
@@ -86,7 +86,7 @@ def test_fdm_guides_the_residual():
 @pytest.mark.parametrize("fdm_source", ["dct", "none"])
 @pytest.mark.parametrize("size", [56, 72])  # 72: odd sizes inside the U-Net (36 -> 18 -> 9)
 def test_fused_module_equals_training_module(fdm_source, size):
-    module = trained_like(AFDModule(AFDConfig(feature_channels=16, width=8, fdm_source=fdm_source)))
+    module = trained_like(AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_source=fdm_source)))
     fused = reparameterize(module)
     assert is_reparameterized(fused) and not any(
         isinstance(m, RepConv) and m.reparam_conv is None for m in fused.modules()
@@ -108,7 +108,7 @@ def test_fused_module_meets_the_paper_size_target_at_a_resnet50_tap():
 
 
 def test_wrong_feature_channels_and_off_grid_features_are_clear_errors():
-    module = AFDModule(AFDConfig(feature_channels=16, width=8))
+    module = AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32)))
     with pytest.raises(ConfigError, match="16-channel"):
         module(torch.randn(1, 8, 28, 28), torch.rand(1, 3, 56, 56))
     with pytest.raises(ConfigError, match="block grid"):
@@ -131,8 +131,8 @@ def test_baselines_shapes_sizes_and_identity_at_start():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: trained_like(AFDModule(AFDConfig(feature_channels=16, width=8, fdm_source="shuffled_dct", shuffle_seed=7))),
-    lambda: reparameterize(trained_like(AFDModule(AFDConfig(feature_channels=16, width=8)))),
+    lambda: trained_like(AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_source="shuffled_dct", shuffle_seed=7))),
+    lambda: reparameterize(trained_like(AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32))))),
     lambda: trained_like(DDPEnhancer(16, hidden=8)),
 ])
 def test_checkpoint_round_trip(tmp_path, make):

@@ -114,6 +114,17 @@ def test_default_taps_and_normalisation(resnet50, repvgg_a2, lite0):
     assert resnet50[1].pretrained and lite0[1].pretrained
 
 
+@torch.no_grad()
+def test_efficientnet_lite_taps_are_four_depths_and_split_exactly():
+    backbone = build_backbone("efficientnet_lite0", "random")
+    shapes = {tap: (backbone.tap_channels(tap), backbone.tap_stride(tap)) for tap in backbone.taps}
+    assert shapes == {"stem_conv": (32, 2), "stem": (32, 2), "stage1": (16, 2), "stage2": (24, 4)}
+    images = torch.rand(2, 3, 64, 64)
+    whole = backbone(images)
+    for tap in backbone.taps:
+        assert torch.equal(backbone.forward_from_tap(backbone.forward_to_tap(images, tap), tap), whole)
+
+
 @pytest.mark.parametrize("name", [f"efficientnet_lite{n}" for n in EFFICIENTNET_LITE_VARIANTS])
 @torch.no_grad()
 def test_efficientnet_lite_predicts_real_photos(name):

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 
 def trained_afd(channels=32):
-    module = AFDModule(AFDConfig(feature_channels=channels, width=8))
+    module = AFDModule(AFDConfig(feature_channels=channels, widths=(8, 16, 32)))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in module.parameters():

@@ -20,6 +20,19 @@ def test_macs_of_resnet50_match_the_paper():
     assert macs / 1e9 == pytest.approx(4.1, abs=0.05)  # the paper's Table VII: 4.12 G "FLOPs"
 
 
+def test_the_paper_size_module_costs_what_the_paper_gives_at_resnet50s_tap():
+    """Table VII: 0.11 M parameters and 0.36 GMACs, fused, on ResNet-50's D2 feature (64 x 112 x 112)."""
+    from afd.afd_module import AFD_SIZES, AFDConfig, AFDModule
+    from afd.repconv import reparameterize
+
+    inputs = (torch.rand(1, 64, 112, 112), torch.rand(1, 3, 224, 224))
+    paper = reparameterize(AFDModule(AFDConfig(feature_channels=64, widths=AFD_SIZES["paper"]))).eval()
+    assert count_parameters(paper) / 1e6 == pytest.approx(0.11, rel=0.10)
+    assert count_macs(paper, inputs) / 1e9 == pytest.approx(0.36, rel=0.10)
+    small = reparameterize(AFDModule(AFDConfig(feature_channels=64))).eval()
+    assert count_macs(small, inputs) < 0.6 * count_macs(paper, inputs)
+
+
 def test_latency_statistics_are_ordered_and_restore_threads():
     threads = torch.get_num_threads()
     latency = measure_latency(nn.Conv2d(3, 3, 3), (torch.rand(1, 3, 32, 32),), threads=1, warmup=1, repeats=5)
@@ -31,13 +44,15 @@ def test_latency_statistics_are_ordered_and_restore_threads():
 def test_efficiency_comparison_has_every_method_and_consistent_ratios():
     rows = compare_efficiency("efficientnet_lite0", image_size=64, warmup=1, repeats=2)
     roles = [row.role for row in rows]
-    assert roles == ["backbone", "afd_unfused", "afd_fused", "backbone_with_afd", "ddp", "arcnn"]
+    assert roles == ["backbone", "afd_unfused", "afd_fused", "backbone_with_afd", "afd_paper_unfused",
+                     "afd_paper_fused", "ddp", "arcnn"]
     by_role = {row.role: row.efficiency for row in rows}
     assert by_role["afd_fused"].params < by_role["afd_unfused"].params
     assert by_role["afd_fused"].macs < by_role["afd_unfused"].macs
     # the plugged classifier does the backbone's work plus the fused AFD's
     assert by_role["backbone_with_afd"].macs == by_role["backbone"].macs + by_role["afd_fused"].macs
     assert by_role["arcnn"].macs > 10 * by_role["afd_fused"].macs
+    assert by_role["afd_paper_fused"].macs > 1.5 * by_role["afd_fused"].macs
     ratios = efficiency_ratios(rows)
     expected = by_role["afd_unfused"].latency.median_ms / by_role["afd_fused"].latency.median_ms
     assert ratios["fusing_speedup"] == pytest.approx(expected)

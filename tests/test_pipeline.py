@@ -103,7 +103,8 @@ def test_dvc_yaml_declares_every_parameter_and_module_that_each_stage_used(repo)
 
 def test_the_grid_covers_every_method_and_set(repo):
     result = metrics(repo)
-    assert result["methods"] == ["direct", "afd", "arcnn"]
+    assert result["methods"] == ["direct", "afd", "arcnn", "afd_tap_stage2"]
+    assert result["taps"] == {"direct": "stem", "afd": "stem", "arcnn": "stem", "afd_tap_stage2": "stage2"}
     sets = {"clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q25"}
     for method in result["methods"]:
         assert set(result["grid"][method]) == sets

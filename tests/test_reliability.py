@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from afd.afd_module import AFDConfig, AFDModule
 from afd.baselines import DDPEnhancer
-from afd.checkpoint import load_enhancer, save_enhancer
+from afd.checkpoint import save_enhancer
 from afd.cli import app
 from afd.errors import AFDError
 from afd.samples import sample_photos
@@ -46,7 +46,7 @@ def photo(tmp_path_factory):
 
 
 def test_checkpoints_of_the_wrong_shape_are_one_line(tmp_path, photo):
-    good = AFDModule(AFDConfig(feature_channels=32, width=8))
+    good = AFDModule(AFDConfig(feature_channels=32, widths=(8, 16, 32)))
     cases = {
         "meta_list.pt": ({"kind": "afd", "config": good.config.to_dict(), "deploy": False,
                           "state_dict": good.state_dict(), "meta": [1, 2]}, "meta is a list, not a dict"),
@@ -54,7 +54,7 @@ def test_checkpoints_of_the_wrong_shape_are_one_line(tmp_path, photo):
         "bad_kind.pt": ({"kind": "vit", "config": {}, "deploy": False, "state_dict": {}}, "unknown kind 'vit'"),
         "bad_config.pt": ({"kind": "afd", "config": {"feature_channels": 32, "colour": 1}, "deploy": False,
                            "state_dict": {}}, "its afd config cannot be built"),
-        "other_width.pt": ({"kind": "afd", "config": {**good.config.to_dict(), "width": 16}, "deploy": False,
+        "other_width.pt": ({"kind": "afd", "config": {**good.config.to_dict(), "widths": [16, 32, 64]}, "deploy": False,
                             "state_dict": good.state_dict(), "meta": LITE0}, "of another shape, first"),
     }
     for name, (content, problem) in cases.items():
@@ -69,7 +69,7 @@ def test_an_enhancer_for_another_tap_width_is_refused_by_classify_and_efficiency
     line = _one_error_line(runner.invoke(app, ["classify", str(photo), "--enhancer", str(tmp_path / "ddp64.pt")]))
     assert line == (f"error: {tmp_path / 'ddp64.pt'}: the DDPEnhancer takes 64-channel features, but "
                     "efficientnet_lite0's tap 'stem' gives 32")
-    save_enhancer(AFDModule(AFDConfig(feature_channels=64, width=8)), tmp_path / "afd64.pt", LITE0)
+    save_enhancer(AFDModule(AFDConfig(feature_channels=64, widths=(8, 16, 32))), tmp_path / "afd64.pt", LITE0)
     efficiency = ["efficiency", "--backbone", "efficientnet_lite0", "--image-size", "64", "--repeats", "1"]
     line = _one_error_line(runner.invoke(app, [*efficiency, "--enhancer", str(tmp_path / "afd64.pt")]))
     assert "the AFD-Module takes 64-channel features, but efficientnet_lite0's tap 'stem' gives 32" in line
@@ -83,7 +83,7 @@ def test_an_enhancer_for_another_tap_width_is_refused_by_classify_and_efficiency
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     path = tmp_path_factory.mktemp("trained") / "afd.pt"
-    save_enhancer(AFDModule(AFDConfig(feature_channels=32, width=8)), path, LITE0)
+    save_enhancer(AFDModule(AFDConfig(feature_channels=32, widths=(8, 16, 32))), path, LITE0)
     return path
 
 

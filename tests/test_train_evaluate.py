@@ -275,3 +275,25 @@ def test_set_names():
     assert (set_family("jpeg_q25"), set_level("jpeg_q25")) == ("jpeg", 25)
     assert (set_family("multi_ct3"), set_level("multi_ct3")) == ("multi", 3)
     assert set_family("clean") == "clean"
+
+
+def test_the_clean_reference_is_computed_once_per_image_and_only_reused_for_the_same_images(backbone):
+    from afd.evaluate import CleanReference
+
+    direct = Method.from_params("afd", METHODS).classifier(backbone, None, "stem")
+    batches = evaluation_batches(backbone, 10)
+    calls = []
+    original = backbone.forward_to_tap
+    backbone.forward_to_tap = lambda images, tap: calls.append(tap) or original(images, tap)
+    try:
+        reference = CleanReference(direct)
+        first = evaluate_set(direct, {"direct": direct}, batches, reference)
+        clean_calls = len(calls)
+        again = evaluate_set(direct, {"direct": direct}, batches, reference)
+        assert again == first and len(calls) == clean_calls + len(batches)  # only the degraded images ran
+        other = [Batch(b.clean.flip(-1), b.degraded, b.labels) for b in batches]  # other clean images
+        flipped = evaluate_set(direct, {"direct": direct}, other, reference)
+        assert len(calls) == clean_calls + len(batches) + 3 * len(batches)  # nothing reused: clean twice
+        assert flipped == evaluate_set(direct, {"direct": direct}, other)  # as without any reference
+    finally:
+        backbone.forward_to_tap = original
