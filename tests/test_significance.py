@@ -59,8 +59,10 @@ def test_claims_are_confirmed_refuted_or_not_confirmed_from_paired_outcomes():
     assert verdict["the gain over DirectTest grows as QF falls (QF 7 vs 25)"] == "confirmed"
     assert verdict["Table X: clean images nearly unchanged (agreement within 2 points of DirectTest)"] == "confirmed"
 
-    # a second seed that loses at QF 7: the ranking flips, so the claim is not confirmed
-    seed1 = {**afd, "jpeg_q7": "0" * 10 + "1" * 50 + "0" * 40}
+    # a second seed that loses at QF 7: the ranking flips, so the claim is not confirmed (the seeds
+    # are study methods: evaluated on the JPEG sets only)
+    seed1 = {name: a for name, a in {**afd, "jpeg_q7": "0" * 10 + "1" * 50 + "0" * 40}.items()
+             if not name.startswith("multi")}
     lines = claims(_result(["direct", "afd", "afd_seed1"]),
                    _evidence({"direct": direct, "afd": afd, "afd_seed1": seed1}))
     assert "- AFD > DirectTest at JPEG QF 7: **not confirmed (the sign flips across seeds)**" in "\n".join(lines)
