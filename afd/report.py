@@ -297,7 +297,8 @@ def backbone_section(result: dict, images: dict, training: dict[str, dict], figu
     metric = headline_metric(result)
     evidence = Evidence(images)
     weights = "ImageNet weights" if result["pretrained"] else "RANDOM weights (no weights file given): numbers are meaningless"
-    main = [m for m in result["methods"] if m not in SEEDS[1:] and m not in TAP_STUDY]
+    others = {*SEEDS, *TAP_STUDY} - {"afd"}  # shown in their own tables
+    main = [m for m in result["methods"] if m not in others]
     parts = [
         f"## {name} (tap `{result['tap']}`, {weights}; native resolution {result.get('native_resolution', '?')} px, "
         f"evaluated at 224 like ImageNet-C)",

@@ -139,6 +139,7 @@ def test_efficiency_report_and_plots_are_written(repo):
     # says what data, how many images and photos, and from which package
     assert "5 images (several 224 views each) of 1 real photos shipped in PyPI packages (1 from scikit-image" in report
     assert "from 1 photos" in report and "bootstrap over photos" in report
+    assert "| QF | DirectTest | AFD |" in report and "| CT | DirectTest | AFD |" in report
     assert "The paper's claims on this data" in report and "AFD > DirectTest at JPEG QF 7: **" in report
     assert any((repo / "reports" / "figures").glob("*.png"))
     curve = (repo / "plots" / "train" / BACKBONE / "afd.csv").read_text().splitlines()
