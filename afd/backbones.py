@@ -15,9 +15,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import timm
 import torch
-import torchvision
 from torch import nn
 
 from afd.errors import ConfigError, WeightsNotFoundError
@@ -177,6 +175,8 @@ def _load_file_weights(model: nn.Module, name: str, weights: str | Path | None, 
 
 
 def _resnet50(weights: str | Path | None = None) -> SplitBackbone:
+    import torchvision  # here, not at the top: the data stages load no backbone
+
     model = torchvision.models.resnet50(weights=None)
     weights_file = _load_file_weights(
         model,
@@ -205,6 +205,8 @@ def _resnet50(weights: str | Path | None = None) -> SplitBackbone:
 
 
 def _repvgg_a2(weights: str | Path | None = None) -> SplitBackbone:
+    import timm
+
     model = timm.create_model("repvgg_a2", pretrained=False)
     weights_file = _load_file_weights(
         model,
@@ -270,6 +272,8 @@ def _map_by_position(
 
 def _efficientnet_lite(variant: int, weights: str | Path | None = None) -> SplitBackbone:
     name = f"efficientnet_lite{variant}"
+    import timm
+
     model = timm.create_model(f"tf_{name}", pretrained=False)
     weights_file = None
     if weights != "random":

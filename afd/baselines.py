@@ -20,7 +20,9 @@ class ARCNN(nn.Module):
 
     Predicts a residual added to the input (the original maps to the clean image directly); with the
     last layer zero-initialised an untrained ARCNN is the identity, as AFD is, so short training
-    runs compare like with like.
+    runs compare like with like. PReLU, as in Fast AR-CNN (Dong et al., 2016), and a centred input:
+    with ReLUs on [0, 1] inputs, a step large enough to learn in a short run killed its channels
+    (loss 0.98 of doing nothing's at Adam 1e-4; 0.94 with these two changes at 1e-3).
     """
 
     def __init__(self):
@@ -29,13 +31,12 @@ class ARCNN(nn.Module):
         self.enhance = nn.Conv2d(64, 32, 7, padding=3)
         self.map = nn.Conv2d(32, 16, 1)
         self.reconstruct = nn.Conv2d(16, 3, 5, padding=2)
-        # modules, not F.relu: training counts the channels each activation leaves alive
-        self.extract_act, self.enhance_act, self.map_act = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.extract_act, self.enhance_act, self.map_act = nn.PReLU(64), nn.PReLU(32), nn.PReLU(16)
         nn.init.zeros_(self.reconstruct.weight)
         nn.init.zeros_(self.reconstruct.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.extract_act(self.extract(images))
+        x = self.extract_act(self.extract(images - 0.5))
         x = self.enhance_act(self.enhance(x))
         x = self.map_act(self.map(x))
         return images + self.reconstruct(x)

@@ -14,7 +14,6 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from afd.errors import ConfigError, ImageLoadError
@@ -208,6 +207,8 @@ def resize_center_crop(img: Image.Image, resize: int = 256, crop: int = 224, nam
     """
     if not (isinstance(resize, int) and isinstance(crop, int) and 0 < crop <= resize):
         raise ConfigError(f"need integers 0 < crop <= resize, got resize={resize!r}, crop={crop!r}")
+    import torchvision.transforms.functional as TF  # imported when used: it costs a stage ~1 s
+
     return TF.center_crop(resize_shorter_side(img, resize, name), crop)
 
 
@@ -223,6 +224,8 @@ def resize_shorter_side(img: Image.Image, size: int, name: str | None = None) ->
     if size * resized_long > MAX_DECODED_PIXELS:
         raise ImageLoadError(name or "image", f"resizing {width}x{height} to {size} on its shorter side would make "
                                               f"{size * resized_long:,} pixels, over the limit of {MAX_DECODED_PIXELS:,}")
+    import torchvision.transforms.functional as TF
+
     return TF.resize(img, size)
 
 

@@ -205,7 +205,8 @@ def train(
 @torch.no_grad()
 def alive_fraction(module: nn.Module, run: Callable[[], object]) -> float:
     """The fraction of `module`'s hidden channels (outputs of its ReLUs) that are positive somewhere
-    during `run()`. A channel that never is passes no gradient: it is dead for good."""
+    during `run()`. A channel that never is passes no gradient: it is dead for good. (A PReLU
+    channel always passes one, so PReLUs are not counted.)"""
     alive = []
 
     def record(_module, _inputs, output):
