@@ -18,11 +18,13 @@ from torch import nn
 class ARCNN(nn.Module):
     """Artifact-reduction CNN on RGB images in [0, 1].
 
-    Predicts a residual added to the input (the original maps to the clean image directly); with the
-    last layer zero-initialised an untrained ARCNN is the identity, as AFD is, so short training
-    runs compare like with like. PReLU, as in Fast AR-CNN (Dong et al., 2016), and a centred input:
-    with ReLUs on [0, 1] inputs, a step large enough to learn in a short run killed its channels
-    (loss 0.98 of doing nothing's at Adam 1e-4; 0.94 with these two changes at 1e-3).
+    Predicts a residual added to the input (the original maps to the clean image directly); its
+    last layer starts near zero (std 1e-3), so an untrained ARCNN is nearly the identity, as AFD
+    is, and short training runs compare like with like (exactly zero would hold back every other
+    layer's gradient at the start). PReLU, as in Fast AR-CNN (Dong et al., 2016), and a centred
+    input: with ReLUs on [0, 1] inputs, a step large enough to learn in a short run killed its
+    channels. Measured on the default patches, 300 steps (final loss over doing nothing's): ReLU,
+    zero init, Adam 1e-4 0.98; PReLU, centred, zero init, 3e-4 0.938; this, 3e-4 0.926; 2e-3 diverges.
     """
 
     def __init__(self):
@@ -32,7 +34,7 @@ class ARCNN(nn.Module):
         self.map = nn.Conv2d(32, 16, 1)
         self.reconstruct = nn.Conv2d(16, 3, 5, padding=2)
         self.extract_act, self.enhance_act, self.map_act = nn.PReLU(64), nn.PReLU(32), nn.PReLU(16)
-        nn.init.zeros_(self.reconstruct.weight)
+        nn.init.normal_(self.reconstruct.weight, std=1e-3)
         nn.init.zeros_(self.reconstruct.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,8 @@ class CleanReference:
         self.classifier = backbone_classifier
         self.max_bytes, self.bytes = max_bytes, 0
         self.kept: dict[tuple[int, str], torch.Tensor] = {}
+        # the last batch's values whatever `max_bytes` is: a batch computes each at most once
+        self.current: tuple[int, torch.Tensor, dict[str, torch.Tensor]] | None = None
 
     def feature(self, index: int, images: torch.Tensor, tap: str) -> torch.Tensor:
         return self._get(index, images, tap, lambda: self.classifier.backbone.forward_to_tap(images, tap))
@@ -94,6 +96,14 @@ class CleanReference:
             self.feature(index, images, tap), tap).log_softmax(dim=1))
 
     def _get(self, index: int, images: torch.Tensor, what: str, compute) -> torch.Tensor:
+        if self.current is None or self.current[0] != index or not torch.equal(self.current[1], images):
+            self.current = (index, images, {})
+        values = self.current[2]
+        if what not in values:
+            values[what] = self._kept_or_computed(index, images, what, compute)
+        return values[what]
+
+    def _kept_or_computed(self, index: int, images: torch.Tensor, what: str, compute) -> torch.Tensor:
         # Kept values are used only for the very images they were computed from.
         kept_images = self.kept.get((index, "images"))
         if kept_images is not None and not torch.equal(kept_images, images):

@@ -47,31 +47,39 @@ def keypoints(photo: Photo) -> Keypoints:
     return Keypoints(orb.keypoints[:, ::-1].copy(), orb.descriptors.astype(np.float32))
 
 
-def _match_counts(mine: Keypoints, others: Sequence[Keypoints], max_ratio: float = 0.8) -> list[np.ndarray]:
-    """For each of `others`, (M, 2) indices of mutual nearest neighbours (by Hamming distance) of
-    `mine` and its keypoints that pass the ratio test; all of `others` in one matrix product."""
-    if len(mine.descriptors) < 2:
-        return [np.zeros((0, 2), int) for _ in others]
-    padded = np.full((len(others), KEYPOINTS, 256), 0.5, np.float32)  # 0.5: far from every descriptor
-    counts = [len(other.descriptors) for other in others]
-    for i, other in enumerate(others):
-        padded[i, :counts[i]] = other.descriptors
-    ones = mine.descriptors.sum(1)
-    # Hamming distance of binary vectors: |a| + |b| - 2 a.b; (mine, other, their keypoint)
-    products = (mine.descriptors @ padded.reshape(-1, 256).T).reshape(len(ones), len(others), KEYPOINTS)
-    distance = ones[:, None, None] + padded.sum(2)[None] - 2 * products
-    for i, count in enumerate(counts):
-        distance[:, i, count:] = np.inf
-    nearest = distance.argmin(2)  # (mine, other)
-    back = distance.argmin(0)  # (other, theirs): their nearest among mine
-    two = np.partition(distance, 1, axis=2)[:, :, :2]
-    distinct = two[..., 0] < max_ratio * np.maximum(two[..., 1], 1e-9)
-    result = []
-    for i in range(len(others)):
-        mutual = back[i][nearest[:, i]] == np.arange(len(ones))
-        keep = np.flatnonzero(mutual & distinct[:, i] & np.isfinite(two[:, i, 0]))
-        result.append(np.stack([keep, nearest[keep, i]], axis=1))
-    return result
+class _KeypointBank:
+    """One side's descriptors padded to KEYPOINTS each, built once and matched against every photo
+    of the other side in one matrix product."""
+
+    def __init__(self, keypoints: Sequence[Keypoints]):
+        self.counts = [len(k.descriptors) for k in keypoints]
+        self.descriptors = np.full((len(keypoints), KEYPOINTS, 256), 0.5, np.float32)  # 0.5: far from all
+        for i, k in enumerate(keypoints):
+            self.descriptors[i, :self.counts[i]] = k.descriptors
+        self.ones = self.descriptors.sum(2)  # (photo, keypoint)
+
+    def mutual_matches(self, mine: Keypoints, max_ratio: float = 0.8) -> list[np.ndarray]:
+        """For each photo of the bank, (M, 2) indices of mutual nearest neighbours (by Hamming
+        distance) of `mine` and its keypoints that pass the ratio test."""
+        photos = len(self.counts)
+        if len(mine.descriptors) < 2:
+            return [np.zeros((0, 2), int) for _ in range(photos)]
+        ones = mine.descriptors.sum(1)
+        # Hamming distance of binary vectors: |a| + |b| - 2 a.b; (mine, photo, its keypoint)
+        products = (mine.descriptors @ self.descriptors.reshape(-1, 256).T).reshape(len(ones), photos, KEYPOINTS)
+        distance = ones[:, None, None] + self.ones[None] - 2 * products
+        for i, count in enumerate(self.counts):
+            distance[:, i, count:] = np.inf
+        nearest = distance.argmin(2)  # (mine, photo)
+        back = distance.argmin(0)  # (photo, its keypoint): the nearest among mine
+        two = np.partition(distance, 1, axis=2)[:, :, :2]
+        distinct = two[..., 0] < max_ratio * np.maximum(two[..., 1], 1e-9)
+        result = []
+        for i in range(photos):
+            mutual = back[i][nearest[:, i]] == np.arange(len(ones))
+            keep = np.flatnonzero(mutual & distinct[:, i] & np.isfinite(two[:, i, 0]))
+            result.append(np.stack([keep, nearest[keep, i]], axis=1))
+        return result
 
 
 def _inliers(a: Keypoints, b: Keypoints, matches: np.ndarray) -> int:
@@ -87,10 +95,11 @@ def shared_content(first: Sequence[Photo], second: Sequence[Photo],
                    min_inliers: int = MIN_INLIERS) -> list[SharedContent]:
     """Every pair (one photo of each side) that shows the same content, most certain first."""
     second_keypoints = [keypoints(photo) for photo in tqdm(second, desc="keypoints", unit="photo")]
+    bank = _KeypointBank(second_keypoints)
     found = []
     for photo in tqdm(first, desc="comparing", unit="photo"):
         mine = keypoints(photo)
-        for other, theirs, matches in zip(second, second_keypoints, _match_counts(mine, second_keypoints)):
+        for other, theirs, matches in zip(second, second_keypoints, bank.mutual_matches(mine)):
             if len(matches) >= min_inliers:
                 inliers = _inliers(mine, theirs, matches)
                 if inliers >= min_inliers:

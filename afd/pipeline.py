@@ -43,8 +43,10 @@ class TrainedMethods:
 
 def trained_methods(params: dict, backbone_name: str, methods: list[str] | None = None) -> TrainedMethods:
     """DirectTest and each method (default: those trained for the backbone) as a classifier, from
-    its deployable (fused where fusable) model file."""
+    its deployable (fused where fusable) model file, on the backbone's inference form (BatchNorm
+    folded: `SplitBackbone.fold_batch_norm`)."""
     backbone, tap = backbone_from_params(params, backbone_name)
+    backbone.fold_batch_norm()
     classifiers: dict[str, nn.Module] = {DIRECT_TEST: EnhancedClassifier(backbone, None, tap)}
     model_files = []
     for name in backbone_methods(params, backbone_name) if methods is None else methods:

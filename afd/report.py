@@ -172,14 +172,16 @@ class Evidence:
 
     def gain(self, method: str, reference: str, sets: list[str]) -> Estimate:
         """method - reference, paired on the same images."""
-        return self.bootstrap.estimate(agreement_values(self.outcomes[method], sets)
-                                       - agreement_values(self.outcomes[reference], sets))
+        return self.bootstrap.estimate(self._differences(method, reference, sets))
 
     def gain_change(self, method: str, reference: str, heavier: list[str], lighter: list[str]) -> Estimate:
         """How much larger the gain over `reference` is on `heavier` than on `lighter` sets."""
-        def gain(sets):
-            return agreement_values(self.outcomes[method], sets) - agreement_values(self.outcomes[reference], sets)
-        return self.bootstrap.estimate(gain(heavier).mean(0) - gain(lighter).mean(0))
+        return self.bootstrap.estimate(self._differences(method, reference, heavier).mean(0)
+                                       - self._differences(method, reference, lighter).mean(0))
+
+    def _differences(self, method: str, reference: str, sets: list[str]) -> np.ndarray:
+        """(sets, images) of method - reference agreement, each image against itself."""
+        return agreement_values(self.outcomes[method], sets) - agreement_values(self.outcomes[reference], sets)
 
     def top1(self, method: str, sets: list[str]) -> Estimate:
         return self.labelled.estimate(correct_values(self.outcomes[method], sets))

@@ -131,6 +131,7 @@ def embedded_names() -> list[str]:
 def embedded_photos(names: list[str]) -> list[EmbeddedPhoto]:
     """The photos of each named collection or sample photo, in the order given."""
     photos: list[EmbeddedPhoto] = []
+    found = sample_photos() if any(name in _SAMPLE_PHOTOS for name in names) else {}
     for name in names:
         if name in COLLECTIONS:
             collection = COLLECTIONS[name]
@@ -141,7 +142,7 @@ def embedded_photos(names: list[str]) -> list[EmbeddedPhoto]:
             origin = _origin(collection.module)
             photos += [EmbeddedPhoto(f"{name}/{path.name}", path, origin, label) for path, label in files]
         elif name in _SAMPLE_PHOTOS:
-            path = sample_photos().get(name)
+            path = found.get(name)
             if path is None:
                 raise ConfigError(f"embedded photo {name!r}: not found; is {_SAMPLE_PHOTOS[name][0]} installed?")
             photos.append(EmbeddedPhoto(name, path, _origin(_SAMPLE_PHOTOS[name][0])))

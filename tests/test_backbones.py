@@ -266,3 +266,18 @@ class _AddConstant(nn.Module):
 
     def forward(self, images):
         return images + self.value
+
+
+@torch.no_grad()
+def test_folding_batch_norm_keeps_every_tap_and_the_predictions():
+    """The inference form (BN folded into its convolution, pieces kept whole) gives the same feature at
+    every tap and the same classes on real photos, with no BatchNorm left inside a piece."""
+    unfolded, folded = build_backbone("efficientnet_lite0"), build_backbone("efficientnet_lite0").fold_batch_norm()
+    norms = [name for name, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms == ["pieces.bn1", "pieces.bn2"]  # each its own piece, after a tap: left as they are
+    images = torch.cat([_photo(data.coffee()), _photo(data.chelsea())])
+    for tap in folded.taps:
+        assert torch.allclose(folded.forward_to_tap(images, tap), unfolded.forward_to_tap(images, tap), atol=1e-4)
+    assert folded(images).argmax(1).tolist() == unfolded(images).argmax(1).tolist()
+    assert not torch.equal(folded(images), unfolded(images))  # folded for real, not a no-op
+    assert torch.allclose(folded(images), unfolded(images), atol=1e-3)

@@ -192,13 +192,16 @@ def test_training_reduces_the_feature_error(backbone, patch_files, tmp_path):
 
 @pytest.mark.parametrize("method_name", ["afd", "ddp", "arcnn"])
 def test_the_identity_loss_is_the_untrained_methods_loss_on_the_same_batches(method_name, backbone, patch_files, tmp_path):
-    """An untrained method is the identity (zero-initialised output): its loss is exactly doing
-    nothing's, so a method that never moves from there has ratio 1 and is refused."""
+    """An untrained method is the identity (zero-initialised output; ARCNN's starts near
+    it): its loss is doing nothing's, so a method that never moves from there has ratio 1 and is refused."""
     _, result = run(method_name, backbone, patch_files, tmp_path / "s.pt", config(lr=1e-30, lr_after_drop=1e-30))
-    assert result.losses == result.identity_losses
     summary = result.summary()
-    assert summary["loss_ratio"] == 1.0 and summary["final_identity_loss"] > 0
-    with pytest.raises(TrainingError, match=f"method '{method_name}' did not learn: its final loss is 1.0000"):
+    if method_name == "arcnn":
+        assert summary["loss_ratio"] == pytest.approx(1.0, abs=1e-2)
+    else:
+        assert result.losses == result.identity_losses and summary["loss_ratio"] == 1.0
+    assert summary["final_identity_loss"] > 0
+    with pytest.raises(TrainingError, match=f"method '{method_name}' did not learn: its final loss is 1.0"):
         check_learned(method_name, summary["loss_ratio"], 1.0, max_loss_ratio=0.99, min_alive=0.5)
 
 
@@ -293,7 +296,9 @@ def test_the_clean_reference_is_computed_once_per_image_and_only_reused_for_the_
         assert again == first and len(calls) == clean_calls + len(batches)  # only the degraded images ran
         other = [Batch(b.clean.flip(-1), b.degraded, b.labels) for b in batches]  # other clean images
         flipped = evaluate_set(direct, {"direct": direct}, other, reference)
-        assert len(calls) == clean_calls + len(batches) + 3 * len(batches)  # nothing reused: clean twice
+        assert len(calls) == clean_calls + len(batches) + 2 * len(batches)  # nothing reused, clean once
+        before = len(calls)
         assert flipped == evaluate_set(direct, {"direct": direct}, other)  # as without any reference
+        assert len(calls) == before + 2 * len(batches)  # no reference kept: still clean once per batch
     finally:
         backbone.forward_to_tap = original
