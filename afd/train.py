@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .data import load_set
 from .determinism import X86_PINS
 from .errors import ConfigError, TrainingError, display_name, first_line
 from .images import GRID, load_image
@@ -90,6 +91,14 @@ class PatchPairs:
         self.set_names = sorted(self.degraded)
         self._decoded: dict[Path, torch.Tensor] = {}  # uint8 (3, H, W), up to DECODED_CACHE_BYTES
         self._cached_bytes = 0
+
+    @classmethod
+    def from_sets(cls, clean_dir: Path, degraded_dirs: dict[str, Path], mix_clean: bool) -> "PatchPairs":
+        """The pairs of DIV2K-C's set folders (`afd.layout.patch_sets`); with `mix_clean` (the
+        profile's) the clean patches are drawn as inputs too, their own feature the target."""
+        sets = {**degraded_dirs, "clean": clean_dir} if mix_clean else degraded_dirs
+        return cls([path for _, path in load_set(clean_dir)],
+                   {name: [path for _, path in load_set(directory)] for name, directory in sets.items()})
 
     def fingerprint(self) -> str:
         """Changes when the training data does: each file's set, name and content. Not its mtime

@@ -29,7 +29,6 @@ SETTINGS = {  # what differs between CPU models, as this machine can show it
 
 TRAIN = """
 import hashlib, json, sys, torch
-from afd.data import load_set
 from afd.determinism import pin_cpu_numerics
 from afd.layout import backbone_from_params, patch_sets
 from afd.methods import Method
@@ -43,9 +42,7 @@ else:
     torch.set_num_threads(torch.get_num_threads())  # the process default, as a plain script has it
 config = TrainConfig.from_profile({**training_profile(params), "iterations": iterations}, params["seed"])
 backbone, tap = backbone_from_params(params, "efficientnet_lite0")
-clean_dir, degraded = patch_sets(params)
-degraded["clean"] = clean_dir
-data = PatchPairs([p for _, p in load_set(clean_dir)], {n: [p for _, p in load_set(d)] for n, d in degraded.items()})
+data = PatchPairs.from_sets(*patch_sets(params), training_profile(params)["mix_clean"])
 method = Method.from_params(method_name, params["methods"])
 torch.manual_seed(params["seed"])
 module = method.build(backbone, tap)

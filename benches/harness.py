@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from afd.classifier import EnhancedClassifier
-from afd.data import load_set
 from afd.determinism import pin_cpu_numerics
 from afd.layout import backbone_from_params, patch_sets
 from afd.methods import DIRECT_TEST, Method
@@ -35,9 +34,7 @@ def training(params: dict, method: Method, steps: int) -> tuple[float, float]:
                                       params["seed"])
     backbone, tap = backbone_from_params(params, "efficientnet_lite0")
     tap = method.tap_on(tap)
-    clean_dir, degraded = patch_sets(params)
-    degraded["clean"] = clean_dir
-    data = PatchPairs([p for _, p in load_set(clean_dir)], {n: [p for _, p in load_set(d)] for n, d in degraded.items()})
+    data = PatchPairs.from_sets(*patch_sets(params), profile["mix_clean"])
 
     def fresh():
         torch.manual_seed(0)

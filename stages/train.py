@@ -12,7 +12,6 @@ import mlflow
 import torch
 
 from afd.checkpoint import save_enhancer
-from afd.data import load_set
 from afd.determinism import pin_cpu_numerics
 from afd.io import atomic_write_text, write_json
 from afd.layout import CHECKPOINTS, METRICS, PLOTS, backbone_from_params, patch_sets, trained_model
@@ -39,12 +38,7 @@ def main() -> None:
         print(f"warning: {args.backbone} has random weights; its results mean nothing")
 
     clean_dir, degraded_dirs = patch_sets(params)
-    if profile["mix_clean"]:
-        degraded_dirs["clean"] = clean_dir
-    data = PatchPairs(
-        [path for _, path in load_set(clean_dir)],
-        {name: [path for _, path in load_set(directory)] for name, directory in degraded_dirs.items()},
-    )
+    data = PatchPairs.from_sets(clean_dir, degraded_dirs, profile["mix_clean"])
     torch.manual_seed(seed)
     module = method.build(backbone, tap, profile["afd_size"])
     classifier = method.classifier(backbone, module, tap)

@@ -201,7 +201,8 @@ def test_the_identity_loss_is_the_untrained_methods_loss_on_the_same_batches(met
     else:
         assert result.losses == result.identity_losses and summary["loss_ratio"] == 1.0
     assert summary["final_identity_loss"] > 0
-    with pytest.raises(TrainingError, match=f"method '{method_name}' did not learn: its final loss is 1.0"):
+    ratio = r"1\.00\d\d" if method_name == "arcnn" else r"1\.0000"
+    with pytest.raises(TrainingError, match=f"method '{method_name}' did not learn: its final loss is {ratio} "):
         check_learned(method_name, summary["loss_ratio"], 1.0, max_loss_ratio=0.99, min_alive=0.5)
 
 
