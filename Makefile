@@ -37,6 +37,7 @@ retrain: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python benches/efficiency.py
+	$(BIN)/python benches/inference_form.py
 	$(BIN)/python benches/harness.py  # needs `make repro`'s data
 
 clean:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from afd.errors import ConfigError, WeightsNotFoundError
 
@@ -79,20 +80,34 @@ class SplitBackbone(nn.Module):
         return self._tap_shapes[tap][1]
 
     @torch.no_grad()
-    def fold_batch_norm(self) -> "SplitBackbone":
+    def to_inference_form(self) -> "SplitBackbone":
         """Turn this backbone into its inference form, in place: each BatchNorm that follows a
         convolution inside one piece is folded into that convolution's weight and bias (a BN with an
-        activation keeps the activation). About 25% faster on a CPU. Pieces stay whole, so every tap
-        gives the feature it gave before, to float rounding (checked here); the folded form has no
-        statistics left to train, so it is for evaluation only."""
+        activation keeps the activation), and TensorFlow-style "same" convolutions at stride 2
+        compute without copying their input into a padded tensor (`EvenSameConv`): about a third less
+        time per image on a CPU (benches/inference_form.py). Pieces stay whole, so every tap gives the feature it gave before, to float
+        rounding (checked here); the folded form has no statistics left to train, so it is for
+        evaluation only."""
         probe = torch.rand(2, 3, _PROBE_SIZE, _PROBE_SIZE, generator=torch.Generator().manual_seed(0))
         before = {tap: self.forward_to_tap(probe, tap) for tap in self.taps} | {"logits": self(probe)}
-        for piece in self.pieces:
-            _fold_conv_norm_pairs(piece)
+        self.fold_batch_norm().remove_padding_copies()
         after = {tap: self.forward_to_tap(probe, tap) for tap in self.taps} | {"logits": self(probe)}
         for name, value in before.items():
             if not torch.allclose(after[name], value, rtol=1e-4, atol=1e-4 * value.abs().max().item()):
-                raise AssertionError(f"{self.name}: folding BatchNorm changed the output at {name}")
+                raise AssertionError(f"{self.name}: the inference form changed the output at {name}")
+        return self
+
+    @torch.no_grad()
+    def fold_batch_norm(self) -> "SplitBackbone":
+        """Fold each BatchNorm that follows a convolution inside one piece into it (in place)."""
+        for piece in self.pieces:
+            _fold_conv_norm_pairs(piece)
+        return self
+
+    @torch.no_grad()
+    def remove_padding_copies(self) -> "SplitBackbone":
+        """Swap timm's stride-2 `Conv2dSame` convolutions for `EvenSameConv`s (in place)."""
+        _replace_padded_same_convs(self.pieces)  # a piece may be one itself (the stem conv)
         return self
 
     def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -134,6 +149,47 @@ def _fold_conv_norm_pairs(module: nn.Module) -> None:
                                                      getattr(norm, "act", nn.Identity())))
     for child in module.children():
         _fold_conv_norm_pairs(child)
+
+
+class EvenSameConv(nn.Conv2d):
+    """A stride-2 convolution with TensorFlow's "same" padding (timm's `Conv2dSame`, in the
+    EfficientNet-Lite ports) that needs no padded copy of its input. On an even-sized input, "same"
+    pads one more row and column after the input than before it, which `nn.Conv2d`'s symmetric
+    padding cannot express, so timm copies the input into a padded tensor first: on a CPU that copy
+    costs more than the depthwise convolution itself. A kernel one larger, with a zero first row
+    and column, under symmetric padding computes the same sums. Odd-sized inputs take timm's way."""
+
+    def __init__(self, conv: nn.Conv2d):
+        (k, _), stride = conv.kernel_size, conv.stride
+        if conv.kernel_size != (k, k) or k % 2 == 0 or stride != (2, 2) or conv.dilation != (1, 1):
+            raise ValueError(f"EvenSameConv takes an odd square kernel at stride 2, not {conv}")
+        super().__init__(conv.in_channels, conv.out_channels, k + 1, stride=2, padding=(k - 1) // 2,
+                         groups=conv.groups, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.weight.zero_()
+            self.weight[:, :, 1:, 1:] = conv.weight
+            if conv.bias is not None:
+                self.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+            return super().forward(x)
+        from timm.layers.padding import pad_same
+
+        weight = self.weight[:, :, 1:, 1:]
+        return F.conv2d(pad_same(x, weight.shape[-2:], self.stride), weight, self.bias, self.stride, 0,
+                        self.dilation, self.groups)
+
+
+def _replace_padded_same_convs(module: nn.Module) -> None:
+    """Swap each stride-2 timm `Conv2dSame` (odd kernel) under `module` for an `EvenSameConv`."""
+    from timm.layers.conv2d_same import Conv2dSame
+
+    for name, child in module.named_children():
+        if isinstance(child, Conv2dSame) and child.stride == (2, 2) and child.kernel_size[0] % 2:
+            setattr(module, name, EvenSameConv(child))
+        else:
+            _replace_padded_same_convs(child)
 
 
 # ---------------------------------------------------------------------------------------------

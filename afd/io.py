@@ -1,4 +1,4 @@
-"""Atomic file writes: a killed process never leaves a half-written output behind."""
+"""Atomic file writes (a killed process never leaves a half-written output behind), and reading YAML."""
 
 from __future__ import annotations
 
@@ -15,8 +15,18 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import yaml
 
 from .errors import OutputError, display_name, first_line
+
+# libyaml's parser where PyYAML was built with it: dvc.lock grows to ~100 KB, which the
+# pure-Python parser takes over a second to read in every stage.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_yaml(text: str):
+    """`yaml.safe_load`, with libyaml's parser when available (the same documents, same errors)."""
+    return yaml.load(text, Loader=_YAML_LOADER)
 
 
 def remove_stale_temporaries(path: Path) -> None:

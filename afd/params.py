@@ -20,6 +20,7 @@ from .compress import MAX_COMPRESSION_TIMES
 from .evaluate import SET_FAMILIES
 from .errors import ConfigError, display_name
 from .images import GRID
+from .io import parse_yaml
 from .layout import eval_sets
 from .methods import METHOD_KINDS
 
@@ -199,7 +200,7 @@ def load_params(path: str = "params.yaml") -> dict:
     """params.yaml checked against ParamsSchema, as a mapping of the file's keys (values coerced
     to their types) that records which keys are read (`used_keys`)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = parse_yaml(Path(path).read_text())
     except OSError as e:
         raise ConfigError(f"{display_name(path)}: cannot read it ({e.strerror or e})") from e
     except yaml.YAMLError as e:

@@ -44,9 +44,9 @@ class TrainedMethods:
 def trained_methods(params: dict, backbone_name: str, methods: list[str] | None = None) -> TrainedMethods:
     """DirectTest and each method (default: those trained for the backbone) as a classifier, from
     its deployable (fused where fusable) model file, on the backbone's inference form (BatchNorm
-    folded: `SplitBackbone.fold_batch_norm`)."""
+    folded, same padding without copies: `SplitBackbone.to_inference_form`)."""
     backbone, tap = backbone_from_params(params, backbone_name)
-    backbone.fold_batch_norm()
+    backbone.to_inference_form()
     classifiers: dict[str, nn.Module] = {DIRECT_TEST: EnhancedClassifier(backbone, None, tap)}
     model_files = []
     for name in backbone_methods(params, backbone_name) if methods is None else methods:
@@ -185,12 +185,13 @@ def comparison_programs(params: dict, backbone_name: str, backbone: SplitBackbon
 
 
 def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dict:
-    """Register backbone + fused AFD as afd-<backbone> with its deploy exports (params
+    """Register backbone (its inference form) + fused AFD as afd-<backbone> with its deploy exports (params
     register.deploy_formats, each checked against PyTorch) and the benchmark's comparison programs, then apply the promotion
     gate to `evaluation` (an `evaluation_record`). Returns the receipt (name, version, alias, ...)."""
     from .registry import GateScores, register_classifier
 
     backbone, tap = backbone_from_params(params, backbone_name)
+    backbone.to_inference_form()  # the form evaluated, with fewer nodes to export and lower
     model_file = fused_model(backbone_name, "afd")
     module, _ = load_enhancer(model_file)
     model = EnhancedClassifier(backbone, module, tap).eval()

@@ -277,6 +277,10 @@ def claims(result: dict, evidence: Evidence) -> list[str]:
         claim("Table II: image-block FDM > no FDM (JPEG Avg)", evidence.gain("afd_image_blocks", "fe_net", jpeg))
     if evidence.has("afd_shuffled_dct"):
         claim("Table III: rearranged > shuffled DCT (JPEG Avg)", evidence.gain("afd", "afd_shuffled_dct", jpeg))
+    table_i = [s for s in jpeg if set_level(s) in TABLE_I_QUALITIES]
+    for tap in (m for m in TAP_STUDY if m != "afd" and evidence.has(m) and table_i):  # paper: D2 beats D1, D3, D4
+        claim(f"Table I: AFD at the backbone's tap > {display(tap)} (QF {'/'.join(map(str, TABLE_I_QUALITIES))} Avg)",
+              evidence.gain("afd", tap, table_i))
     if len(jpeg) > 1:
         claim(f"the gain over DirectTest grows as QF falls (QF {set_level(jpeg[-1])} vs {set_level(jpeg[0])})",
               evidence.gain_change("afd", "direct", [jpeg[-1]], [jpeg[0]]))

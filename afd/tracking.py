@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-import yaml
 
 from .errors import AFDError, first_line, redact
-from .io import file_sha256
+from .io import file_sha256, parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def dvc_lock_hashes(paths: list[str | os.PathLike], lock_file: str | os.PathLike
         return {}
     wanted = {Path(p).as_posix() for p in paths}
     hashes = {}
-    for stage in (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).values():
+    for stage in (parse_yaml(lock_file.read_text()) or {}).get("stages", {}).values():
         for out in stage.get("outs", []):
             if out["path"] in wanted:
                 hashes[out["path"]] = out.get("md5", "")

@@ -64,7 +64,7 @@ def evaluation(params: dict, method: Method, set_name: str) -> tuple[float, floa
     from afd.evaluate import evaluate_set
 
     backbone, tap = backbone_from_params(params, "efficientnet_lite0")
-    backbone.fold_batch_norm()  # as the evaluate stage runs it (afd.pipeline.trained_methods)
+    backbone.to_inference_form()  # as the evaluate stage runs it (afd.pipeline.trained_methods)
     module = method.build(backbone, method.tap_on(tap)).eval()
     models = {DIRECT_TEST: EnhancedClassifier(backbone, None, tap).eval(),
               method.name: method.classifier(backbone, module, method.tap_on(tap)).eval()}

@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
-from afd.backbones import BACKBONES, EFFICIENTNET_LITE_VARIANTS, build_backbone
+from afd.backbones import BACKBONES, EFFICIENTNET_LITE_VARIANTS, EvenSameConv, build_backbone
 from afd.classifier import CascadeClassifier, EnhancedClassifier
 from afd.errors import ConfigError, WeightsNotFoundError
 
@@ -269,15 +269,40 @@ class _AddConstant(nn.Module):
 
 
 @torch.no_grad()
-def test_folding_batch_norm_keeps_every_tap_and_the_predictions():
-    """The inference form (BN folded into its convolution, pieces kept whole) gives the same feature at
-    every tap and the same classes on real photos, with no BatchNorm left inside a piece."""
-    unfolded, folded = build_backbone("efficientnet_lite0"), build_backbone("efficientnet_lite0").fold_batch_norm()
+def test_the_inference_form_keeps_every_tap_and_the_predictions():
+    """The inference form (BN folded into its convolution, stride-2 "same" convolutions without a
+    padded copy, pieces kept whole) gives the same feature at every tap and the same classes on real
+    photos, with no BatchNorm or padding copy left inside a piece."""
+    from timm.layers.conv2d_same import Conv2dSame
+
+    unfolded = build_backbone("efficientnet_lite0")
+    folded = build_backbone("efficientnet_lite0").to_inference_form()
     norms = [name for name, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms == ["pieces.bn1", "pieces.bn2"]  # each its own piece, after a tap: left as they are
+    assert not any(isinstance(m, Conv2dSame) for m in folded.modules())
+    assert sum(isinstance(m, EvenSameConv) for m in folded.modules()) == 5  # the stem and 4 stride-2 stages
     images = torch.cat([_photo(data.coffee()), _photo(data.chelsea())])
     for tap in folded.taps:
         assert torch.allclose(folded.forward_to_tap(images, tap), unfolded.forward_to_tap(images, tap), atol=1e-4)
     assert folded(images).argmax(1).tolist() == unfolded(images).argmax(1).tolist()
     assert not torch.equal(folded(images), unfolded(images))  # folded for real, not a no-op
     assert torch.allclose(folded(images), unfolded(images), atol=1e-3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("size", [(224, 224), (225, 223), (17, 16)])
+def test_even_same_conv_pads_as_tensorflow_same_at_every_input_size(size):
+    """Even sides: the larger kernel with symmetric padding; odd sides: timm's padded copy. Both
+    give what timm's Conv2dSame gives, bias included, for the kernels EfficientNet-Lite uses."""
+    from timm.layers.conv2d_same import Conv2dSame
+
+    torch.manual_seed(0)
+    for kernel, groups in ((3, 1), (3, 8), (5, 8)):
+        same = Conv2dSame(8, 8, kernel, stride=2, groups=groups, bias=True)
+        x = torch.randn(2, 8, *size)
+        expected = same(x)
+        got = EvenSameConv(same)(x)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="stride 2"):
+        EvenSameConv(Conv2dSame(8, 8, 3, stride=1))

@@ -72,3 +72,20 @@ def _evidence(agree):
     from afd.report import Evidence
 
     return Evidence(_images(agree))
+
+
+def test_table_i_claims_compare_the_backbones_tap_with_each_other_tap_on_table_i_qualities():
+    """The paper's Table I: AFD at the chosen tap (D2) beats the shallower and deeper ones. Only
+    QF 25/15/7 count: a deeper tap that loses at QF 7 is a confirmed claim, one that wins a refuted one."""
+    n = 100
+    most, fewer = "1" * 80 + "0" * 20, "1" * 60 + "0" * 40
+    direct = {"clean": "1" * n, "jpeg_q25": most, "jpeg_q7": fewer, "multi_ct1": most, "multi_ct5": most}
+    afd = {**direct, "jpeg_q7": most}
+    deeper = {"clean": "1" * n, "jpeg_q25": most, "jpeg_q7": fewer}  # no gain where AFD gains 20
+    better = {"clean": "1" * n, "jpeg_q25": "1" * n, "jpeg_q7": "1" * n}
+    lines = claims(_result(["direct", "afd", "afd_tap_stage2", "afd_tap_stem_conv"]),
+                   _evidence({"direct": direct, "afd": afd, "afd_tap_stage2": deeper, "afd_tap_stem_conv": better}))
+    verdict = {line.split(": **")[0][2:]: line.split("**")[1] for line in lines}
+    assert verdict["Table I: AFD at the backbone's tap > AFD after stage 2 (QF 25/15/7 Avg)"] == "confirmed"
+    assert verdict["Table I: AFD at the backbone's tap > AFD at stem conv (QF 25/15/7 Avg)"] == "refuted"
+    assert not any("stage 1" in line for line in lines)  # not trained: no claim
