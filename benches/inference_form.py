@@ -6,7 +6,7 @@ convolutions without a padded copy), in one run, with the predictions compared.
 Random 224x224 images in a batch of 20 (the evaluate stage's default), pinned CPU numerics and
 `numerics.threads` as in the stage, channels-last as `afd.evaluate` runs.
 
-    python benches/inference_form.py [--repeats 5]
+    python benches/inference_form.py [--repeats 10]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def build(name: str, form: str):
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     pin_cpu_numerics(load_params()["numerics"]["threads"])
     images = torch.rand(20, 3, 224, 224, generator=torch.Generator().manual_seed(0))
