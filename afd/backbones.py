@@ -80,17 +80,20 @@ class SplitBackbone(nn.Module):
         return self._tap_shapes[tap][1]
 
     @torch.no_grad()
-    def to_inference_form(self) -> "SplitBackbone":
+    def to_inference_form(self, keep_padding: bool = False) -> "SplitBackbone":
         """Turn this backbone into its inference form, in place: each BatchNorm that follows a
         convolution inside one piece is folded into that convolution's weight and bias (a BN with an
         activation keeps the activation), and TensorFlow-style "same" convolutions at stride 2
-        compute without copying their input into a padded tensor (`EvenSameConv`): about a third less
-        time per image on a CPU (benches/inference_form.py). Pieces stay whole, so every tap gives the feature it gave before, to float
-        rounding (checked here); the folded form has no statistics left to train, so it is for
-        evaluation only."""
+        compute without copying their input into a padded tensor (`EvenSameConv`; not with
+        `keep_padding`, for XNNPACK, which pads asymmetrically itself). In PyTorch on a CPU about a
+        third less time per image (benches/inference_form.py). Pieces stay whole, so every tap gives
+        the feature it gave before, to float rounding (checked here); the folded form has no
+        statistics left to train, so it is for evaluation and deployment only."""
         probe = torch.rand(2, 3, _PROBE_SIZE, _PROBE_SIZE, generator=torch.Generator().manual_seed(0))
         before = {tap: self.forward_to_tap(probe, tap) for tap in self.taps} | {"logits": self(probe)}
-        self.fold_batch_norm().remove_padding_copies()
+        self.fold_batch_norm()
+        if not keep_padding:
+            self.remove_padding_copies()
         after = {tap: self.forward_to_tap(probe, tap) for tap in self.taps} | {"logits": self(probe)}
         for name, value in before.items():
             if not torch.allclose(after[name], value, rtol=1e-4, atol=1e-4 * value.abs().max().item()):
