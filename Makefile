@@ -33,7 +33,7 @@ down: $(INSTALLED)
 
 # Start the retraining deployment now instead of waiting for its schedule (needs `make up`).
 retrain: $(INSTALLED)
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/prefect deployment run afd-retrain/weekly
+	$(BIN)/python -m services.stack retrain
 
 bench: $(INSTALLED)
 	$(BIN)/python benches/efficiency.py

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .process import ServiceProcess, wait_until_healthy
-from .s3 import S3Server, free_port
+from .ports import free_port
+from .s3 import S3Server
 
 
 @dataclass

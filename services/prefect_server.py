@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ports import free_port
 from .process import ServiceProcess, wait_until_healthy
-from .s3 import free_port
 
 TRAINING_POOL, DEVICE_POOL = "afd-training", "edge-devices"
 
@@ -59,8 +59,11 @@ def start_prefect(state_dir: Path, port: int | None = None, timeout: float = 120
     port = port or free_port()
     log_path = state_dir / "prefect-server.log"
     command = prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port))
-    server = PrefectServer.launch(command, {**os.environ, **server_env(state_dir)}, log_path,
-                                  url=f"http://127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+    # The UI asks its server which API to call: by default $PREFECT_API_URL or port 4200, not --port.
+    env = {**os.environ, **server_env(state_dir), "PREFECT_API_URL": f"{url}/api",
+           "PREFECT_UI_API_URL": f"{url}/api"}
+    server = PrefectServer.launch(command, env, log_path, url=url)
     server.wait_until_ready(timeout)
     return server
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ports import free_port
 from .process import ServiceProcess
 
 # weed mini's listening ports; unset ones would fall back to fixed defaults and collide.
@@ -22,12 +22,6 @@ _PORT_FLAGS = (
     "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
     "webdav.port", "admin.port", "admin.port.grpc",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -90,9 +84,10 @@ def start_s3(data_dir: Path, access_key: str, secret_key: str, bucket: str,
              port: int | None = None, timeout: float = 60.0) -> S3Server:
     """Start `weed mini` serving S3 on 127.0.0.1 and wait until the bucket answers."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = {flag: free_port() for flag in _PORT_FLAGS}
-    if port:
-        ports["s3.port"] = port
+    ports = {"s3.port": port or free_port()}
+    for flag in _PORT_FLAGS:  # all distinct: the OS may hand out a just-probed port again
+        if flag not in ports:
+            ports[flag] = free_port(avoid=ports.values())
     command = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-admin.ui=false", *(f"-{flag}={value}" for flag, value in ports.items())]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,

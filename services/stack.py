@@ -6,7 +6,10 @@
 - the Prefect server (UI and API on port 4200), the `afd-training` and `edge-devices` process work
   pools with prefect.yaml's deployments, a training worker (in this checkout) and a device worker
   (in .stack/device, as a device without a checkout would run it).
-It prints the URLs and the environment a shell needs. State and logs live in `.stack/`.
+Ports: 8333 (S3), 5000 (MLflow), 4200 (Prefect), or a free one when that is taken; $AFD_S3_PORT,
+$AFD_MLFLOW_PORT, $AFD_PREFECT_PORT fix one (a one-line error if it is taken). All are checked
+before anything starts. It prints the URLs and the environment a shell needs; state (with the
+URLs in use, for `status`) and logs live in `.stack/`.
 Credentials: $AFD_S3_ACCESS_KEY / $AFD_S3_SECRET_KEY, else generated once into .stack/ (mode 600).
 """
 
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 from .mlflow_server import start_mlflow
+from .ports import free_port, port_is_free
 from .prefect_server import DEVICE_POOL, TRAINING_POOL, deploy_project, start_prefect, start_worker
 from .s3 import start_s3
 
@@ -30,7 +34,33 @@ STATE_DIR = Path(".stack")
 STATE_FILE = STATE_DIR / "state.json"
 BUCKET = "afd"
 DVC_REMOTE = "storage"
-S3_PORT, MLFLOW_PORT, PREFECT_PORT = 8333, 5000, 4200
+# service: (its name in messages, default port, the variable that fixes its port)
+PORTS = {"s3": ("S3", 8333, "AFD_S3_PORT"), "mlflow": ("MLflow", 5000, "AFD_MLFLOW_PORT"),
+         "prefect": ("Prefect UI", 4200, "AFD_PREFECT_PORT")}
+
+
+class PortError(RuntimeError):
+    """A port the stack cannot use; the message is one line naming the port and the service."""
+
+
+def plan_ports(environ=os.environ) -> dict[str, int]:
+    """Each service's port, chosen before anything starts: the one its variable sets (PortError if
+    that one is taken), else its default, else (default taken) a free one."""
+    ports: dict[str, int] = {}
+    for service in sorted(PORTS, key=lambda service: not environ.get(PORTS[service][2])):  # set ones first
+        name, default, variable = PORTS[service]
+        wanted = environ.get(variable)
+        if not wanted:
+            ports[service] = free_port(default, avoid=ports.values())
+            continue
+        if not wanted.isdigit() or not 0 < int(wanted) < 65536:
+            raise PortError(f"{variable}={wanted!r} ({name}) is not a port number")
+        port = int(wanted)
+        if port in ports.values() or not port_is_free(port):
+            raise PortError(f"port {port} ({name}) is in use by another process; "
+                            f"set {variable}=<another port> or stop it")
+        ports[service] = port
+    return ports
 
 
 def credentials() -> tuple[str, str]:
@@ -60,15 +90,22 @@ def configure_dvc_remote(endpoint: str, key: str, secret: str) -> None:
 def up() -> None:
     if STATE_FILE.exists():
         sys.exit(f"already up (see {STATE_FILE}); run `python -m services.stack down` first")
+    try:
+        ports = plan_ports()
+    except PortError as error:
+        sys.exit(str(error))
+    for service, (name, default, _) in PORTS.items():
+        if ports[service] != default:
+            print(f"port {default} ({name}) is in use: using {ports[service]}")
     key, secret = credentials()
     started = []
     try:
-        s3 = start_s3(STATE_DIR / "seaweedfs", key, secret, BUCKET, port=S3_PORT)
+        s3 = start_s3(STATE_DIR / "seaweedfs", key, secret, BUCKET, port=ports["s3"])
         started.append(s3)
-        mlflow = start_mlflow(STATE_DIR / "mlflow", s3, port=MLFLOW_PORT)
+        mlflow = start_mlflow(STATE_DIR / "mlflow", s3, port=ports["mlflow"])
         started.append(mlflow)
         configure_dvc_remote(s3.endpoint, key, secret)
-        prefect = start_prefect(STATE_DIR / "prefect", port=PREFECT_PORT)
+        prefect = start_prefect(STATE_DIR / "prefect", port=ports["prefect"])
         started.append(prefect)
         shared = {**prefect.client_env(), "MLFLOW_TRACKING_URI": mlflow.url}
         deploy_project(Path.cwd(), {**os.environ, **shared})
@@ -84,7 +121,8 @@ def up() -> None:
             service.stop()
         raise
     STATE_FILE.write_text(json.dumps({"pids": [service.process.pid for service in started],
-                                      "s3": s3.endpoint, "mlflow": mlflow.url, "prefect": prefect.url}))
+                                      "s3": s3.endpoint, "mlflow": mlflow.url, "prefect": prefect.url,
+                                      "prefect_api": prefect.api_url, "ports": ports}))
     print(f"S3 (SeaweedFS):  {s3.endpoint}   bucket {BUCKET}, DVC remote '{DVC_REMOTE}' -> s3://{BUCKET}/dvc")
     print(f"MLflow UI:       {mlflow.url}")
     print(f"Prefect UI:      {prefect.url}   pools {TRAINING_POOL} (1 worker), {DEVICE_POOL} (1 worker); "
@@ -94,7 +132,7 @@ def up() -> None:
     print(f"  export AWS_ENDPOINT_URL={s3.endpoint}   # plus AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
           f"from {STATE_DIR / 'credentials.json'} to read s3:// data")
     print("Retrain now (else it runs on the schedule in prefect.yaml):")
-    print("  .venv/bin/prefect deployment run afd-retrain/weekly")
+    print(f"  PREFECT_API_URL={prefect.api_url} .venv/bin/prefect deployment run afd-retrain/weekly")
 
 
 def down(timeout: float = 30.0) -> None:
@@ -128,10 +166,22 @@ def status() -> None:
     print(STATE_FILE.read_text() if STATE_FILE.exists() else "not running")
 
 
+def retrain() -> None:
+    """Start the retraining deployment now, on the Prefect server of the running stack
+    (PREFECT_API_URL, when set, names another)."""
+    api = os.environ.get("PREFECT_API_URL") or (json.loads(STATE_FILE.read_text())["prefect_api"]
+                                                 if STATE_FILE.exists() else None)
+    if not api:
+        sys.exit("no Prefect server: start the stack (`make up`) or set PREFECT_API_URL")
+    prefect = Path(sys.executable).parent / "prefect"
+    sys.exit(subprocess.run([str(prefect), "deployment", "run", "afd-retrain/weekly"],
+                            env={**os.environ, "PREFECT_API_URL": api}).returncode)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
-    {"up": up, "down": down, "status": status}[parser.parse_args().command]()
+    parser.add_argument("command", choices=["up", "down", "status", "retrain"])
+    {"up": up, "down": down, "status": status, "retrain": retrain}[parser.parse_args().command]()
 
 
 if __name__ == "__main__":
