@@ -1,8 +1,8 @@
 """The paper's efficiency comparison (Table VII) for one backbone and tap, measured in one run.
 
 Rows: the backbone alone, the AFD-Module in its training (multi-branch) and fused forms, the
-backbone with the fused AFD plugged in, the DDP-style enhancer, and ARCNN (pixel domain, full
-image). Every latency comes from the same process, thread count and input, with the repeats
+backbone with the fused AFD plugged in, and a fresh module of every other method kind
+(afd.methods: the DDP-style enhancer at the tap, ARCNN on the full image). Every latency comes from the same process, thread count and input, with the repeats
 interleaved across rows, so the ratios between rows are meaningful even though the absolute times depend on the machine. Models and
 inputs are channels-last (NHWC) by default, the layout mobile runtimes such as XNNPACK use; on this
 CPU it also makes the small convolutions of the fused AFD markedly faster.
@@ -17,16 +17,16 @@ from torch import nn
 
 from .afd_module import AFD_SIZES, AFDConfig, AFDModule
 from .backbones import build_backbone
-from .baselines import ARCNN, DDPEnhancer
 from .classifier import EnhancedClassifier
 from .efficiency import Efficiency, measure_all
 from .errors import ConfigError
+from .methods import AT_TAP, BEFORE_BACKBONE, DIRECT_TEST, KINDS
 from .repconv import is_reparameterized, reparameterize
 
 
 @dataclass(frozen=True)
 class Row:
-    role: str  # backbone, afd_unfused, afd_fused, backbone_with_afd, ddp, arcnn
+    role: str  # backbone, afd_unfused, afd_fused, backbone_with_afd, afd_paper_*, or another method kind
     name: str
     efficiency: Efficiency
 
@@ -72,8 +72,9 @@ def compare_efficiency(
         ("backbone_with_afd", f"{backbone_name} + AFD (fused)", EnhancedClassifier(backbone, fused, tap), (images,)),
         ("afd_paper_unfused", "AFD, paper size (multi-branch)", paper_size, (feature, images)),
         ("afd_paper_fused", "AFD, paper size (fused)", reparameterize(paper_size), (feature, images)),
-        ("ddp", "DDP", DDPEnhancer(channels), (feature, images)),
-        ("arcnn", "ARCNN", ARCNN(), (images,)),
+        *((kind.name, kind.title, kind.new(channels, "small", "dct"),
+           (feature, images) if kind.plugs_in == AT_TAP else (images,))
+          for kind in KINDS.values() if not kind.fusable),  # the other kinds: the baselines
     ]
     if progress is not None:
         progress(", ".join(name for _, name, _, _ in candidates))
@@ -91,8 +92,7 @@ def efficiency_ratios(rows: list[Row]) -> dict[str, float]:
         "fusing_speedup": ms["afd_unfused"] / ms["afd_fused"],
         "afd_overhead": ms["afd_fused"] / ms["backbone"],
         "plugged_overhead": ms["backbone_with_afd"] / ms["backbone"] - 1.0,
-        "arcnn_over_afd": ms["arcnn"] / ms["afd_fused"],
-        "ddp_over_afd": ms["ddp"] / ms["afd_fused"],
+        **{f"{kind}_over_afd": ms[kind] / ms["afd_fused"] for kind in KINDS if kind in ms and kind != "afd"},
     }
 
 
@@ -113,10 +113,10 @@ def format_table(rows: list[dict]) -> str:
 
 # On the device: whole classifiers (image in, logits out) lowered to ExecuTorch and timed there.
 DEVICE_ROLES = {
-    "direct": "backbone alone (DirectTest)",
+    DIRECT_TEST: "backbone alone (DirectTest)",
     "afd": "backbone + AFD (fused)",
     "afd_unfused": "backbone + AFD (multi-branch)",
-    "arcnn": "ARCNN + backbone (JAR)",
+    **{kind.name: f"{kind.title} + backbone (JAR)" for kind in KINDS.values() if kind.plugs_in == BEFORE_BACKBONE},
 }
 
 
@@ -161,8 +161,9 @@ def device_ratios(rows: list[dict]) -> dict[str, float]:
     ratios = {}
     if "afd" in ms and "afd_unfused" in ms:
         ratios["fusing_speedup"] = ms["afd_unfused"] / ms["afd"]
-    if "afd" in ms and "direct" in ms:
-        ratios["afd_overhead"] = ms["afd"] / ms["direct"] - 1.0
-    if "afd" in ms and "arcnn" in ms:
-        ratios["arcnn_over_afd"] = ms["arcnn"] / ms["afd"]
+    if "afd" in ms and DIRECT_TEST in ms:
+        ratios["afd_overhead"] = ms["afd"] / ms[DIRECT_TEST] - 1.0
+    for kind in KINDS:
+        if "afd" in ms and kind in ms and kind != "afd":
+            ratios[f"{kind}_over_afd"] = ms[kind] / ms["afd"]
     return ratios

@@ -1,7 +1,7 @@
 """Saving and loading trained enhancers (AFD-Module, DDP, ARCNN) with what is needed to rebuild them.
 
 A checkpoint is a plain dict loaded with `weights_only=True` (no pickled code runs on load):
-    kind: "afd" | "ddp" | "arcnn"     config: constructor arguments     deploy: fused form or not
+    kind: a method kind (afd.methods)  config: constructor arguments     deploy: fused form or not
     state_dict: the weights           meta: free-form facts (backbone, tap, training step, ...)
 Writes are atomic.
 """
@@ -14,34 +14,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .afd_module import AFDConfig, AFDModule
-from .baselines import ARCNN, DDPEnhancer
-from .errors import AFDError, WeightsNotFoundError, display_name, first_line
+from .errors import AFDError, ConfigError, WeightsNotFoundError, display_name, first_line
 from .io import atomic_torch_save
-from .repconv import is_reparameterized
-
-ENHANCER_KINDS = ("afd", "ddp", "arcnn")
-
+from .methods import KINDS, METHOD_KINDS, kind_of
 
 def describe_enhancer(module: nn.Module) -> tuple[str, dict, bool]:
     """(kind, constructor config, deploy) of an enhancer."""
-    if isinstance(module, AFDModule):
-        return "afd", module.config.to_dict(), is_reparameterized(module)
-    if isinstance(module, DDPEnhancer):
-        return "ddp", {"feature_channels": module.feature_channels, "hidden": module.hidden}, False
-    if isinstance(module, ARCNN):
-        return "arcnn", {}, False
-    raise AFDError(f"cannot checkpoint a {type(module).__name__}; expected one of {ENHANCER_KINDS}")
+    try:
+        kind = kind_of(module)
+    except ConfigError:
+        raise AFDError(f"cannot checkpoint a {type(module).__name__}; expected one of {METHOD_KINDS}") from None
+    return kind.name, kind.config_of(module), kind.deploy_form(module)
 
 
 def build_enhancer(kind: str, config: dict, deploy: bool = False) -> nn.Module:
-    if kind == "afd":
-        return AFDModule(AFDConfig(**config), deploy=deploy)
-    if kind == "ddp":
-        return DDPEnhancer(**config)
-    if kind == "arcnn":
-        return ARCNN(**config)
-    raise AFDError(f"unknown enhancer kind {kind!r}; expected one of {ENHANCER_KINDS}")
+    if kind not in KINDS:
+        raise AFDError(f"unknown enhancer kind {kind!r}; expected one of {METHOD_KINDS}")
+    return KINDS[kind].rebuild(config, deploy)
 
 
 def save_enhancer(module: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:
@@ -78,8 +67,8 @@ def _structure_problem(checkpoint) -> str | None:
     for key, expected in expected_types.items():
         if key in checkpoint and not isinstance(checkpoint[key], expected):
             return f"{key} is a {type(checkpoint[key]).__name__}, not a {expected.__name__}"
-    if checkpoint["kind"] not in ENHANCER_KINDS:
-        return f"unknown kind {checkpoint['kind']!r}; expected one of {ENHANCER_KINDS}"
+    if checkpoint["kind"] not in METHOD_KINDS:
+        return f"unknown kind {checkpoint['kind']!r}; expected one of {METHOD_KINDS}"
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint["state_dict"].items()):
         return "state_dict holds something other than named tensors"
     return None

@@ -117,12 +117,12 @@ def fuse(
 def degrade(
     image: Path = typer.Argument(..., help="Input image."),
     output: Path = typer.Argument(..., help="Output PNG (lossless, so only the degradation shows)."),
-    kind: str = typer.Option("jpeg", help="jpeg, imagenet_c_jpeg, imagenet_c_jpeg_q85, multi or avif."),
-    level: int = typer.Option(10, help="Quality (jpeg, avif), severity 1-5 (imagenet_c_*) or rounds (multi)."),
+    kind: str = typer.Option("jpeg", help="A codec of afd/codecs.py (jpeg, multi, avif, ...), or imagenet_c_jpeg[_q85] (level: severity 1-5)."),
+    level: int = typer.Option(10, help="The codec's level: a quality, or the rounds of multi."),
     seed: int = typer.Option(0, help="Seed of the qualities drawn by multi."),
 ):
     """Apply one of the data sets' degradations to an image."""
-    from .compress import degrade as apply_degradation
+    from .codecs import degrade as apply_degradation
     from .images import load_image
     from .io import atomic_path
 

@@ -3,9 +3,8 @@
 Layout (ids are zero-padded: p00000 for patches, e00000 for evaluation images):
 
     <clean>/<id>.png + manifest.json     clean 224x224 images and where each came from
-    <jpeg_q<Q>>/<id>.jpg                 the real JPEG bytes at quality Q
-    <multi_ct<T>>/<id>.jpg + qualities.json
-    <avif_q<Q>>/<id>.avif
+    <codec>/<set>/<id><suffix>           the real file bytes of a codec (afd.codecs) at a level:
+                                         jpeg/jpeg_q25/e00000.jpg, multi/multi_ct3/ (+ encodings.json)
 
 Photos come from the embedded sample photos or from folders (local paths or s3:// URLs).
 Every output directory is built in a hidden sibling and renamed into place as a whole, so a killed
@@ -32,12 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from afd.compress import (
-    IMAGENET_C_JPEG_QUALITIES,
-    encode_avif,
-    encode_jpeg,
-    multi_compress_jpeg,
-)
+from afd.codecs import CODECS, IMAGENET_C_JPEG_QUALITIES, Codec
 from afd.errors import AFDError, ConfigError, ImageLoadError, display_name, first_line
 from afd.images import (
     GRID,
@@ -59,11 +53,11 @@ IMAGE_EXTENSIONS = (".avif", ".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", "
 # Other image files (GIF, JPEG 2000, PPM...) are listed too, and skipped with this reason: a silent
 # omission would look like a smaller data set.
 UNUSED_FORMAT = f"not one of the formats the data sets read ({', '.join(IMAGE_EXTENSIONS)})"
-SET_EXTENSIONS = (".png", ".jpg", ".avif")  # what the sets themselves hold
+SET_EXTENSIONS = tuple(sorted({".png", *(codec.suffix for codec in CODECS.values())}))  # what sets hold
 EVAL_RESIZE, EVAL_SIZE = 256, 224  # ImageNet-C: Resize(256), CenterCrop(224)
 IMAGENET_C_VIEW = "imagenet_c"  # the view name of an image made with exactly that preprocessing
 MANIFEST = "manifest.json"
-MULTI_QUALITIES = "qualities.json"
+ENCODINGS = "encodings.json"  # what each file of a set drew at random (multi: its qualities)
 
 
 @dataclass(frozen=True)
@@ -356,60 +350,41 @@ def _evenly_spaced(items: Sequence, count: int) -> list:
 
 # ---- degraded sets ------------------------------------------------------------------------------
 
-DEGRADED_KINDS = ("jpeg", "multi", "avif")
-
-
-def make_degraded_set(
+def make_compressed_sets(
     clean_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    kind: str,
-    level: int,
+    codec: Codec,
+    levels: Sequence[int],
     seed: int = 0,
-    resave_q85: bool = False,
-    multi_qualities: Sequence[int] = IMAGENET_C_JPEG_QUALITIES,
+    **settings,
 ) -> None:
-    """Compress every <id>.png of `clean_dir` into `out_dir`, storing the real file bytes.
-
-    kind "jpeg": <id>.jpg at quality `level` (with `resave_q85`: saved once more at 85, like the
-    released ImageNet-C). "avif": <id>.avif at quality `level`. "multi": <id>.jpg compressed
-    `level` times, each round's quality drawn from `multi_qualities` by a seed made of `seed` and
-    the id, so an image's CT=k qualities are the first k of its CT=k+1; qualities.json lists them.
-    """
-    if kind not in DEGRADED_KINDS:
-        raise ConfigError(f"unknown set kind {kind!r}; valid: {', '.join(DEGRADED_KINDS)}")
-    if resave_q85 and kind != "jpeg":
-        raise ConfigError(f"resave_q85 applies to JPEG sets only, not {kind!r}")
+    """Compress every <id>.png of `clean_dir` with `codec` at each of `levels`, storing the real
+    file bytes in `out_dir`/<set name>/<id><suffix> (`settings`: the codec's own, as in its
+    params.yaml section). Codecs that draw at random (multi) get a seed made of `seed` and the id,
+    so an image's CT=k qualities are the first k of its CT=k+1; what each file drew is listed in
+    the set's encodings.json. All sets appear at once, or none."""
     items = load_set(clean_dir)
-    used_qualities = {}
     with atomic_dir(out_dir) as tmp:
-        for image_id, path in tqdm(items, desc=f"{kind} {level}", unit="image"):
-            img = load_image(path)
-            if kind == "jpeg":
-                data, suffix = encode_jpeg(img, level, resave_q85), ".jpg"
-            elif kind == "avif":
-                data, suffix = encode_avif(img, level), ".avif"
-            else:
-                image_seed = _image_seed(seed, image_id)
-                data, used_qualities[image_id] = multi_compress_jpeg(
-                    img, level, image_seed, multi_qualities
-                )
-                suffix = ".jpg"
-            (tmp / f"{image_id}{suffix}").write_bytes(data)
-        if kind == "multi":
-            write_json(tmp / MULTI_QUALITIES, used_qualities)
+        for level in levels:
+            eval_set = codec.set(level)
+            (tmp / eval_set.name).mkdir()
+            drawn = {}
+            for image_id, path in tqdm(items, desc=eval_set.name, unit="image"):
+                data, drawn[image_id] = codec.encode(load_image(path), level, _image_seed(seed, image_id), **settings)
+                (tmp / eval_set.name / f"{image_id}{codec.suffix}").write_bytes(data)
+            if any(value is not None for value in drawn.values()):
+                write_json(tmp / eval_set.name / ENCODINGS, drawn)
 
 
 def copy_imagenet_c(
-    clean_dir: str | os.PathLike, out_dir: str | os.PathLike, quality: int, imagenet_c_dir: str
+    clean_dir: str | os.PathLike, out_dir: str | os.PathLike, qualities: Sequence[int], imagenet_c_dir: str
 ) -> None:
-    """The JPEG set at `quality` from the released ImageNet-C files instead of encoding:
-    <imagenet_c_dir>/jpeg_compression/<severity>/<wnid>/<file> for each eval image's photo."""
-    if quality not in IMAGENET_C_JPEG_QUALITIES:
-        raise ConfigError(
-            f"ImageNet-C has no JPEG quality {quality!r}; "
-            f"its qualities: {IMAGENET_C_JPEG_QUALITIES}"
-        )
-    severity = IMAGENET_C_JPEG_QUALITIES.index(quality) + 1
+    """The JPEG sets at `qualities` from the released ImageNet-C files instead of encoding
+    (<imagenet_c_dir>/jpeg_compression/<severity>/<wnid>/<file> for each eval image's photo), laid
+    out as `make_compressed_sets` lays out codec "jpeg"."""
+    unknown = [q for q in qualities if q not in IMAGENET_C_JPEG_QUALITIES]
+    if unknown:
+        raise ConfigError(f"ImageNet-C has no JPEG quality {unknown[0]!r}; its qualities: {IMAGENET_C_JPEG_QUALITIES}")
     records = _eval_records(clean_dir)
     other_views = sorted({r["view"] for r in records} - {IMAGENET_C_VIEW})
     if other_views:
@@ -418,18 +393,23 @@ def copy_imagenet_c(
             "with the ImageNet-C preprocessing (sources.kind: folders)"
         )
     fs, base = url_to_fs(imagenet_c_dir)
+    jpeg = CODECS["jpeg"]
     with atomic_dir(out_dir) as tmp:
-        for record in tqdm(records, desc=f"ImageNet-C severity {severity}", unit="image"):
-            released = posixpath.join(base, "jpeg_compression", str(severity), record["photo"])
-            try:
-                data = fs.cat_file(released)
-            except FileNotFoundError as e:
-                raise AFDError(
-                    f"ImageNet-C file missing: {_uri(fs, released)} (for eval image "
-                    f"{record['id']}); is {imagenet_c_dir} the released ImageNet-C of this "
-                    "eval_dir?"
-                ) from e
-            (tmp / f"{record['id']}.jpg").write_bytes(data)
+        for quality in qualities:
+            severity = IMAGENET_C_JPEG_QUALITIES.index(quality) + 1
+            set_dir = tmp / jpeg.set(quality).name
+            set_dir.mkdir()
+            for record in tqdm(records, desc=f"ImageNet-C severity {severity}", unit="image"):
+                released = posixpath.join(base, "jpeg_compression", str(severity), record["photo"])
+                try:
+                    data = fs.cat_file(released)
+                except FileNotFoundError as e:
+                    raise AFDError(
+                        f"ImageNet-C file missing: {_uri(fs, released)} (for eval image "
+                        f"{record['id']}); is {imagenet_c_dir} the released ImageNet-C of this "
+                        "eval_dir?"
+                    ) from e
+                (set_dir / f"{record['id']}{jpeg.suffix}").write_bytes(data)
 
 
 def _image_seed(seed: int, image_id: str) -> int:

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .codecs import CODECS, set_family
+
 METRICS = ("top1", "agreement", "kl", "feature_mse")
-SET_FAMILIES = ("jpeg", "multi", "avif")
 
 
 def headline_metric(result: dict) -> str:
@@ -29,16 +30,6 @@ def headline_metric(result: dict) -> str:
     (a set with a few labelled photos reports their top-1 beside it, not instead of it)."""
     data = result["data"]
     return "top1" if data.get("labelled") and data["labelled"] == data["images"] else "agreement"
-
-
-def set_family(set_name: str) -> str:
-    """"jpeg_q25" -> "jpeg", "multi_ct3" -> "multi", "clean" -> "clean"."""
-    return set_name.split("_", 1)[0]
-
-
-def set_level(set_name: str) -> int:
-    """"jpeg_q25" -> 25, "multi_ct3" -> 3."""
-    return int(set_name.rsplit("_", 1)[1].lstrip("qct"))
 
 
 @dataclass
@@ -167,10 +158,13 @@ def evaluate_grid(
     images); `cells` ({set: method names}) limits which methods run on which set (default: all)."""
     reference = CleanReference(backbone_classifier)
     grid: dict[str, dict[str, Outcomes]] = {name: {} for name in methods}
-    for set_name, batches in tqdm(sets.items(), desc="sets", unit="set", disable=not progress):
-        chosen = {name: methods[name] for name in (cells[set_name] if cells else methods)}
-        for method, outcomes in evaluate_set(backbone_classifier, chosen, batches, reference).items():
-            grid[method][set_name] = outcomes
+    chosen_on = {name: {m: methods[m] for m in (cells[name] if cells else methods)} for name in sets}
+    with tqdm(total=sum(map(len, chosen_on.values())), desc="grid cells", unit="cell", disable=not progress) as bar:
+        for set_name, batches in sets.items():
+            bar.set_postfix_str(set_name)
+            for method, outcomes in evaluate_set(backbone_classifier, chosen_on[set_name], batches, reference).items():
+                grid[method][set_name] = outcomes
+            bar.update(len(chosen_on[set_name]))
     return grid
 
 
@@ -184,7 +178,7 @@ def family_averages(grid: dict[str, dict[str, dict]]) -> dict[str, dict[str, dic
     averages: dict[str, dict[str, dict]] = {}
     for method, by_set in grid.items():
         averages[method] = {}
-        for family in SET_FAMILIES:
+        for family in CODECS:
             cells = [metrics for name, metrics in by_set.items() if set_family(name) == family]
             if cells:
                 averages[method][family] = {

@@ -128,7 +128,15 @@ def write_json(path: str | os.PathLike, data) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+    return _file_digest(path, hashlib.sha256())
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """The md5 of a file's bytes (what DVC records for a file output)."""
+    return _file_digest(path, hashlib.md5())
+
+
+def _file_digest(path: str | os.PathLike, digest) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backbones import SplitBackbone, build_backbone
+from .codecs import CLEAN, CODECS, EvalSet
 from .errors import ConfigError
 
 PATCHES = Path("data/div2k_c")
@@ -17,24 +18,35 @@ MODELS = Path("models")
 CHECKPOINTS = Path("checkpoints")  # resumable training state; not a DVC output
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+REPORT = Path("reports/report.md")  # its figures: reports/figures/
 
 
 def patch_sets(params: dict) -> tuple[Path, dict[str, Path]]:
     """The clean DIV2K-C patches and their JPEG versions: (clean dir, {set name: dir})."""
-    return PATCHES / "clean", {f"jpeg_q{q}": PATCHES / f"jpeg_q{q}" for q in params["patches"]["qualities"]}
+    jpeg = CODECS["jpeg"]
+    return PATCHES / CLEAN, {s.name: _set_dir(PATCHES, s) for s in map(jpeg.set, params["patches"]["qualities"])}
 
 
 def eval_sets(params: dict) -> dict[str, Path]:
-    """Every evaluation set by name, "clean" first, in params.yaml's order."""
-    names = ["clean", *(f"jpeg_q{q}" for q in params["eval_sets"]["jpeg_qualities"]),
-             *(f"multi_ct{t}" for t in params["eval_sets"]["compression_times"]),
-             *(f"avif_q{q}" for q in params["eval_sets"]["avif_qualities"])]
-    return {name: eval_set(name) for name in names}
+    """Every evaluation set by name, "clean" first, then each codec's in params.yaml's order."""
+    sets = {CLEAN: EVAL / CLEAN}
+    for codec_name, section in params["eval_sets"].items():
+        sets |= {s.name: _set_dir(EVAL, s) for s in map(CODECS[codec_name].set, section["levels"])}
+    return sets
 
 
 def eval_set(name: str) -> Path:
     """The folder of the evaluation set `name` (one of `eval_sets`' keys)."""
-    return EVAL / name
+    return EVAL / CLEAN if name == CLEAN else _set_dir(EVAL, EvalSet.parse(name))
+
+
+def codec_sets(root: Path, codec_name: str) -> Path:
+    """The folder that holds every set of a codec (one DVC output): data/eval/jpeg."""
+    return root / codec_name
+
+
+def _set_dir(root: Path, eval_set: EvalSet) -> Path:
+    return codec_sets(root, eval_set.codec) / eval_set.name
 
 
 def model_dir(backbone: str, method: str) -> Path:
@@ -73,19 +85,3 @@ def backbone_methods(params: dict, backbone: str, stage: str = "train") -> list[
     if backbone == params["train"]["study_backbone"]:
         names += params[stage]["study_methods"]
     return names
-
-
-# dvc.yaml's stage names, for callers that run stages through DVC (the Prefect flows).
-DATA_STAGES = ("patches", "div2k_c", "eval_clean", "eval_jpeg", "eval_multi", "eval_avif")
-
-
-def train_stage(params: dict, backbone: str, method: str) -> str:
-    if method in params["train"]["study_methods"]:
-        return f"train_study@{method}"
-    return f"train@{backbone}-{method}"
-
-
-def fuse_stage(params: dict, backbone: str, method: str) -> str:
-    if method in params["fuse"]["study_methods"]:
-        return f"fuse_study@{method}"
-    return f"fuse@{backbone}-{method}"

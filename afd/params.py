@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from .afd_module import AFD_SIZES, FDM_SOURCES
-from .compress import MAX_COMPRESSION_TIMES
-from .evaluate import SET_FAMILIES
+from .codecs import CODECS, EvalSet
 from .errors import ConfigError, display_name
 from .images import GRID
 from .io import parse_yaml
@@ -69,12 +68,20 @@ class Patches(_Section):
     qualities: Annotated[list[Quality], Field(min_length=1)]
 
 
-class EvalSets(_Section):
-    jpeg_qualities: Annotated[list[Quality], Field(min_length=1)]
-    resave_q85: StrictBool
-    compression_times: Annotated[list[Annotated[StrictInt, Field(ge=1, le=MAX_COMPRESSION_TIMES)]],
-                                 Field(min_length=1)]
-    avif_qualities: Annotated[list[Quality], Field(min_length=1)]
+def _codec_sections(sections: dict) -> dict:
+    """eval_sets: one section per codec of afd.codecs, each checked by the codec's own settings."""
+    checked = {}
+    for name, section in sections.items():
+        if name not in CODECS:
+            raise ValueError(f"{name!r} is not a codec; codecs: {', '.join(CODECS)}")
+        try:
+            checked[name] = CODECS[name].settings.model_validate(section).model_dump()
+        except ValidationError as error:
+            raise ValueError(f"{name}.{_describe(error)}") from None
+    return checked
+
+
+EvalSets = Annotated[dict[str, Any], Field(min_length=1), AfterValidator(_codec_sections)]
 
 
 class Backbone(_Section):
@@ -88,6 +95,7 @@ class MethodSpec(_Section):
     lr_scale: Rate = 1.0
     seed_offset: Annotated[StrictInt, Field(ge=0)] = 0  # trained with seed + this: another initialisation
     tap: NonEmpty | None = None  # the backbone tap it plugs in at (default: backbones.<name>.tap or its default)
+    title: NonEmpty | None = None  # in the report's tables (default: its kind's)
 
     @model_validator(mode="after")
     def _fdm_source_is_afds(self):
@@ -105,10 +113,17 @@ class Train(_Section):
     min_alive_fraction: Annotated[float, Field(ge=0, le=1)]
 
 
+class SetSpec(_Section):
+    """One evaluation set, as a value: a codec of eval_sets at one of its levels."""
+
+    codec: NonEmpty
+    level: StrictInt
+
+
 class Fuse(_Section):
     methods: list[NonEmpty]  # of train.methods
     study_methods: list[NonEmpty]  # of train.study_methods
-    verify_set: NonEmpty
+    verify_set: "SetSpec"  # the evaluation set whose features a fused module is checked on
 
 
 class Profile(_Section):
@@ -130,7 +145,7 @@ class Evaluate(_Section):
     batch_size: Count
     # the study methods are evaluated on the clean images and these families' sets only (their
     # tables are JPEG tables); the headline methods and DirectTest on every set
-    study_families: list[Literal[SET_FAMILIES]]  # type: ignore[valid-type]
+    study_families: list[Literal[tuple(CODECS)]]  # type: ignore[valid-type]
 
 
 class Register(_Section):
@@ -187,9 +202,11 @@ class ParamsSchema(_Section):
             not_fusable = [name for name in names if self.methods[name].kind != "afd"]
             if not_fusable:
                 raise ValueError(f"{key}: {', '.join(map(repr, not_fusable))} is not of kind afd: nothing to fuse")
-        sets = eval_sets({"eval_sets": self.eval_sets.model_dump()})
-        if self.fuse.verify_set not in sets:
-            raise ValueError(f"fuse.verify_set: {self.fuse.verify_set!r} is not an evaluation set ({', '.join(sets)})")
+        sets = eval_sets({"eval_sets": self.eval_sets})
+        verify = self.fuse.verify_set
+        if verify.codec not in CODECS or EvalSet(verify.codec, verify.level).name not in sets:
+            raise ValueError(f"fuse.verify_set: {verify.codec} at {verify.level} is not an evaluation set "
+                             f"({', '.join(list(sets)[1:])})")
         return self
 
 

@@ -18,16 +18,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .backbones import SplitBackbone
-from .baselines import ARCNN
 from .checkpoint import load_enhancer
-from .classifier import CascadeClassifier, EnhancedClassifier
+from .classifier import EnhancedClassifier
 from .data import PairedImages, labels, load_set
-from .evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics, set_family
+from .codecs import set_family
+from .evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics
 from .export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
 from .images import load_image, to_batch
 from .layout import backbone_from_params, backbone_methods, deployable_model, eval_sets, fused_model, trained_model
-from .methods import DIRECT_TEST, Method
-from .tracking import flatten, lineage_tags, tracked_run
+from .methods import BEFORE_BACKBONE, DIRECT_TEST, KINDS, Method, method_titles, plug_in
+from .io import file_md5
+from .tracking import flatten, lineage_tags, log_dict, log_metrics, tracked_run
 
 CHECK_IMAGES = 4  # clean evaluation images the exports are checked on
 
@@ -137,6 +138,8 @@ def evaluation_record(params: dict, trained: TrainedMethods, outcomes: dict[str,
         "native_resolution": trained.backbone.native_resolution,
         "data": describe_data(eval_sets(params)["clean"]),
         "methods": list(grid),
+        "titles": method_titles(params, list(grid)),
+        "kinds": {name: Method.from_params(name, params["methods"]).kind for name in grid if name != DIRECT_TEST},
         "taps": {name: classifier.tap for name, classifier in trained.classifiers.items()},
         "grid": grid,
         "averages": family_averages(grid),
@@ -155,32 +158,28 @@ def image_outcomes(params: dict, outcomes: dict[str, dict[str, Outcomes]]) -> di
 
 def log_evaluation(params: dict, trained: TrainedMethods, record: dict) -> None:
     """The evaluation as an MLflow run: every cell and average as a metric, lineage as tags."""
-    import mlflow
-
     tags = {**lineage_tags(trained.backbone_name, trained.backbone.weights_file,
                            [*eval_sets(params).values(), *trained.model_files]), "stage": "evaluate"}
     with tracked_run(f"evaluate@{trained.backbone_name}", {"eval_sets": params["eval_sets"],
                                                            "methods": record["methods"]}, tags):
-        mlflow.log_metrics(flatten({"grid": record["grid"], "averages": record["averages"]}))
-        mlflow.log_dict(record, "evaluation.json")
+        log_metrics(flatten({"grid": record["grid"], "averages": record["averages"]}))
+        log_dict(record, "evaluation.json")
 
 
 def comparison_programs(params: dict, backbone_name: str, backbone: SplitBackbone, tap: str, example: torch.Tensor,
                         out_dir: Path) -> dict[str, Path]:
     """What the on-device benchmark compares the registered classifier with, as `.pt2` programs:
-    the backbone alone, the backbone with the unfused (multi-branch) AFD, and the JAR baseline
-    (ARCNN before the backbone; untrained when no ARCNN method was trained: latency does not
-    depend on the weights)."""
+    the backbone alone, the backbone with the unfused (multi-branch) AFD, and each kind that
+    restores the image before the backbone (JAR: ARCNN), trained where it was trained for this
+    backbone, else untrained (latency does not depend on the weights)."""
     unfused, _ = load_enhancer(trained_model(backbone_name, "afd"))
-    restorer = ARCNN()
-    for name in backbone_methods(params, backbone_name):
-        method = Method.from_params(name, params["methods"])
-        if method.kind == "arcnn" and trained_model(backbone_name, name).exists():
-            restorer, _ = load_enhancer(trained_model(backbone_name, name))
-            break
-    models = {"direct": EnhancedClassifier(backbone, None, tap),
-              "afd_unfused": EnhancedClassifier(backbone, unfused, tap),
-              "arcnn": CascadeClassifier(restorer, backbone, tap)}
+    models = {DIRECT_TEST: EnhancedClassifier(backbone, None, tap),
+              "afd_unfused": EnhancedClassifier(backbone, unfused, tap)}
+    trained = [Method.from_params(name, params["methods"]) for name in backbone_methods(params, backbone_name)]
+    for kind in (kind for kind in KINDS.values() if kind.plugs_in == BEFORE_BACKBONE):
+        files = [trained_model(backbone_name, m.name) for m in trained if m.kind == kind.name]
+        module = load_enhancer(files[0])[0] if files and files[0].exists() else kind.new(backbone.tap_channels(tap), "small", "dct")
+        models[kind.name] = plug_in(kind, backbone, module, tap)
     return {role: save_program(model, example, out_dir / f"{role}.pt2") for role, model in models.items()}
 
 
@@ -190,23 +189,27 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
     gate to `evaluation` (an `evaluation_record`). Returns the receipt (name, version, alias, ...)."""
     from .registry import GateScores, register_classifier
 
+    from .registry import MODEL_MD5_TAG, champion_with_model
+
+    model_file = fused_model(backbone_name, "afd")
+    model_md5 = file_md5(model_file)
+    unchanged = champion_with_model(backbone_name, model_md5)
+    if unchanged:
+        return {**unchanged, "new_version": False}
     backbone, tap = backbone_from_params(params, backbone_name)
     # BN folded: 3x faster to lower, as fast on XNNPACK. Padding kept: XNNPACK pads asymmetrically
     # itself, and EvenSameConv's larger kernels make its program slower (benches/inference_form.py).
     backbone.to_inference_form(keep_padding=True)
-    model_file = fused_model(backbone_name, "afd")
     module, _ = load_enhancer(model_file)
     model = EnhancedClassifier(backbone, module, tap).eval()
     scores = GateScores.from_evaluation(evaluation)
 
     sets = eval_sets(params)
     images = to_batch([load_image(path) for _, path in load_set(sets["clean"])[:CHECK_IMAGES]])
-    tags = {**lineage_tags(backbone_name, backbone.weights_file, [*sets.values(), model_file]),
+    tags = {**lineage_tags(backbone_name, backbone.weights_file, [*sets.values(), model_file]), MODEL_MD5_TAG: model_md5,
             **{f"metric.{k}": f"{v:.6f}" for k, v in flatten(evaluation["averages"]["afd"]).items()}}
     with tempfile.TemporaryDirectory() as tmp, tracked_run(f"register@{backbone_name}", {"tap": tap},
                                                            {**tags, "stage": "register"}):
-        import mlflow
-
         tmp = Path(tmp)
         formats = params["register"]["deploy_formats"]
         attachments, differences = {"benchmark": tmp / "benchmark"}, {}
@@ -217,8 +220,8 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
             attachments["deploy/onnx"] = export_onnx(model, images[:1], tmp / f"afd-{backbone_name}.onnx")
             differences["onnx_max_abs_diff"] = check_export(model, run_onnx, attachments["deploy/onnx"], images)
         if differences:
-            mlflow.log_metrics(differences)
+            log_metrics(differences)
         comparison_programs(params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")
         registration = register_classifier(model, backbone_name, images[:2], scores, tags, attachments)
     return {"name": registration.name, "version": registration.version, "alias": registration.alias,
-            "reason": registration.reason, "run_id": registration.run_id, **differences}
+            "reason": registration.reason, "run_id": registration.run_id, "new_version": True, **differences}

@@ -15,8 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .codecs import CODECS, EvalSet, set_family
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 SCORE_TAG = "gate.score"
+MODEL_MD5_TAG = "model_md5"  # the md5 of the fused module's file: what makes two versions the same model
 
 
 def registered_name(backbone: str) -> str:
@@ -70,7 +73,9 @@ class GateScores:
         from .evaluate import headline_metric
 
         metric = metric or headline_metric(result)
-        lightest = max((s for s in result["grid"]["direct"] if s.startswith("jpeg_q")), key=lambda s: int(s[6:]))
+        jpeg = CODECS["jpeg"]
+        levels = {EvalSet.parse(s).level: s for s in result["grid"]["direct"] if set_family(s) == jpeg.name}
+        lightest = levels[jpeg.light_to_heavy(levels)[0]]
 
         def average(name: str) -> float:
             families = result["averages"][name].values()
@@ -149,3 +154,29 @@ def register_classifier(
     client.set_model_version_tag(name, version, "gate.decision", f"{alias}: {reason}")
     client.set_registered_model_alias(name, alias, version)  # last: nothing before it touches the champion
     return Registration(name, version, alias, reason, mlflow.active_run().info.run_id)
+
+
+def champion_with_model(backbone: str, model_md5: str) -> dict | None:
+    """The champion of afd-<backbone> if its fused module's file has md5 `model_md5` (re-registering
+    it would add a copy of the same model), as a receipt; else None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = registered_name(backbone)
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no such model or no champion yet
+        return None
+    if version.tags.get(MODEL_MD5_TAG) != model_md5:
+        return None
+    return {"name": name, "version": version.version, "alias": CHAMPION, "run_id": version.run_id,
+            "reason": f"unchanged: the fused model equals the champion's (md5 {model_md5})"}
+
+
+def set_lineage_commit(name: str, version: str, commit: str, branch: str) -> None:
+    """Point a registered version at the git commit (and branch) that holds its results."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, version, "git_commit", commit)
+    client.set_model_version_tag(name, version, "git_branch", branch)

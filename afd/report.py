@@ -16,29 +16,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .benchmark import format_table  # noqa: E402
-from .evaluate import headline_metric, set_family, set_level  # noqa: E402
+from .codecs import CODECS, EvalSet, set_family  # noqa: E402
+from .evaluate import headline_metric  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .significance import Estimate, PhotoBootstrap, agreement_values, correct_values  # noqa: E402
 
-DISPLAY_NAMES = {
-    "direct": "DirectTest",
-    "afd": "AFD",
-    "afd_seed1": "AFD (seed +1)",
-    "afd_seed2": "AFD (seed +2)",
-    "afd_tap_stem_conv": "AFD at stem conv",
-    "afd_tap_stage1": "AFD after stage 1",
-    "afd_tap_stage2": "AFD after stage 2",
-    "fe_net": "FE-Net",
-    "afd_image_blocks": "FE-Net + image blocks",
-    "afd_shuffled_dct": "Shuffled DCT",
-    "ddp": "DDP",
-    "arcnn": "ARCNN",
-}
-FAMILY_TITLES = {
-    "jpeg": ("JPEG quality factor", "Table V: ImageNet-C-style JPEG"),
-    "multi": ("compression times (CT)", "Table VI: multiple JPEG compression"),
-    "avif": ("AVIF quality", "Table IX: AVIF"),
-}
 METRIC_TITLES = {
     "top1": "top-1 accuracy (%)",
     "agreement": "top-1 agreement with the clean prediction (%)",
@@ -48,8 +30,9 @@ METRIC_TITLES = {
 PERCENT_METRICS = {"top1", "agreement"}
 
 
-def display(method: str) -> str:
-    return DISPLAY_NAMES.get(method, method)
+def display(result: dict, method: str) -> str:
+    """A method's title in tables, as its evaluation record names it (params.yaml's methods)."""
+    return result.get("titles", {}).get(method, method)
 
 
 def _format(metric: str, value: float | None) -> str:
@@ -58,10 +41,14 @@ def _format(metric: str, value: float | None) -> str:
     return f"{100 * value:.2f}" if metric in PERCENT_METRICS else f"{value:.4f}"
 
 
+def set_level(name: str) -> int:
+    return EvalSet.parse(name).level
+
+
 def family_sets(result: dict, family: str) -> list[str]:
-    sets = {s for by_set in result["grid"].values() for s in by_set if set_family(s) == family}
-    # JPEG/AVIF from light to heavy compression (QF descending), CT ascending, as in the paper.
-    return sorted(sets, key=lambda s: set_level(s), reverse=family != "multi")
+    """The sets of codec `family` in the grid, from light to heavy compression, as in the paper."""
+    by_level = {set_level(s): s for by_set in result["grid"].values() for s in by_set if set_family(s) == family}
+    return [by_level[level] for level in CODECS[family].light_to_heavy(by_level)]
 
 
 def _evaluated_on(result: dict, methods: list[str], sets: list[str]) -> list[str]:
@@ -73,9 +60,9 @@ def family_table(result: dict, family: str, metric: str, methods: list[str] | No
     """Rows: the family's levels, then Avg; columns: methods (DirectTest first)."""
     methods = methods or result["methods"]
     sets = family_sets(result, family)
-    level_name = "CT" if family == "multi" else "QF"
+    level_name = CODECS[family].level_label
     lines = [
-        f"| {level_name} | " + " | ".join(display(m) for m in methods) + " |",
+        f"| {level_name} | " + " | ".join(display(result, m) for m in methods) + " |",
         "|---|" + "---:|" * len(methods),
     ]
     for set_name in sets:
@@ -93,7 +80,7 @@ def clean_table(result: dict) -> str:
     for method in result["methods"]:
         cell = result["grid"][method].get("clean", {})
         values = " | ".join(_format(m, cell.get(m)) for m in ("agreement", "kl", "feature_mse"))
-        lines.append(f"| {display(method)} | {values} |")
+        lines.append(f"| {display(result, method)} | {values} |")
     return "\n".join(lines)
 
 
@@ -103,9 +90,9 @@ def grid_summary(result: dict) -> str:
     metric = headline_metric(result)
     parts = [f"**{result['backbone']}** at tap `{result['tap']}`: {METRIC_TITLES[metric]} on "
              f"{result['data']['description']}."]
-    for family, (_, title) in FAMILY_TITLES.items():
+    for family, codec in CODECS.items():
         if family_sets(result, family):
-            parts += [f"### {title}", family_table(result, family, metric)]
+            parts += [f"### {codec.table_title}", family_table(result, family, metric)]
     parts += ["### Table X: clean images", clean_table(result)]
     return "\n\n".join(parts)
 
@@ -118,14 +105,15 @@ def plot_family(result: dict, family: str, metric: str, path: Path) -> None:
     for method in _evaluated_on(result, result["methods"], sets):
         values = [result["grid"][method][s].get(metric) for s in sets]
         scale = 100 if metric in PERCENT_METRICS else 1
-        axes.plot(levels, [v * scale for v in values], marker="o", label=display(method),
+        axes.plot(levels, [v * scale for v in values], marker="o", label=display(result, method),
                   linewidth=2.5 if method in ("afd", "direct") else 1.2)
-    axes.set_xlabel(FAMILY_TITLES[family][0])
+    codec = CODECS[family]
+    axes.set_xlabel(codec.level_title)
     axes.set_ylabel(METRIC_TITLES[metric])
     axes.set_xticks(levels)
-    if family != "multi":
+    if not codec.harder_when_higher:
         axes.invert_xaxis()  # heavier compression to the right
-    axes.set_title(f"{result['backbone']}: {FAMILY_TITLES[family][1].split(': ')[1]}")
+    axes.set_title(f"{result['backbone']}: {codec.table_title.split(': ')[-1]}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -134,12 +122,12 @@ def plot_family(result: dict, family: str, metric: str, path: Path) -> None:
     plt.close(figure)
 
 
-def training_table(training: dict[str, dict]) -> str:
+def training_table(result: dict, training: dict[str, dict]) -> str:
     """Each trained method's final loss against doing nothing's on the same batches (from
     metrics/train): a ratio near 1 would mean the method's column is DirectTest's."""
     rows = ["| method | learning rate | final loss | doing nothing's loss | ratio | hidden channels alive |",
             "|---|---:|---:|---:|---:|---:|"]
-    rows += [f"| {display(method)} | {s['lr']:.1e} | {s['final_loss']:.4f} | {s['final_identity_loss']:.4f} "
+    rows += [f"| {display(result, method)} | {s['lr']:.1e} | {s['final_loss']:.4f} | {s['final_identity_loss']:.4f} "
              f"| {s['loss_ratio']:.3f} | {100 * s['alive_fraction']:.0f}% |" for method, s in training.items()]
     return "\n".join(rows)
 
@@ -191,14 +179,14 @@ def interval_table(result: dict, evidence: Evidence, family: str, methods: list[
     """Agreement (%) with its 95% interval over photos, per level and Avg; then each method's
     paired difference to DirectTest (* where the interval excludes 0)."""
     sets = family_sets(result, family)
-    level_name = "CT" if family == "multi" else "QF"
+    level_name = CODECS[family].level_label
     rows = [(str(set_level(s)), [s]) for s in sets] + [("Avg", sets)]
-    lines = [f"| {level_name} | " + " | ".join(display(m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
+    lines = [f"| {level_name} | " + " | ".join(display(result, m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
     for label, chosen in rows:
         lines.append(f"| {label} | " + " | ".join(_pct(evidence.level(m, chosen)) for m in methods) + " |")
     others = [m for m in methods if m != "direct"]
     lines += ["", "Paired difference to DirectTest, points (95% interval over photos; * significant at 5%):", "",
-              f"| {level_name} | " + " | ".join(display(m) for m in others) + " |", "|---|" + "---:|" * len(others)]
+              f"| {level_name} | " + " | ".join(display(result, m) for m in others) + " |", "|---|" + "---:|" * len(others)]
     for label, chosen in rows:
         lines.append(f"| {label} | " + " | ".join(_pct(evidence.gain(m, "direct", chosen), signed=True)
                                                   for m in others) + " |")
@@ -208,7 +196,7 @@ def interval_table(result: dict, evidence: Evidence, family: str, methods: list[
 def top1_table(result: dict, evidence: Evidence, methods: list[str]) -> str:
     """Real top-1 accuracy on the labelled photos only, JPEG family."""
     sets = ["clean", *family_sets(result, "jpeg")]
-    lines = ["| set | " + " | ".join(display(m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
+    lines = ["| set | " + " | ".join(display(result, m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
     for name in sets:
         lines.append(f"| {name} | " + " | ".join(_pct(evidence.top1(m, [name])) for m in methods) + " |")
     return "\n".join(lines)
@@ -223,7 +211,7 @@ def tap_table(result: dict, evidence: Evidence) -> str:
     """Paper Table I: AFD at each tap, agreement and its paired gain over DirectTest."""
     taps = [m for m in TAP_STUDY if evidence.has(m)]
     sets = [s for s in family_sets(result, "jpeg") if set_level(s) in TABLE_I_QUALITIES]
-    label = {m: f"{display(m)} (`{result['taps'].get(m, '?')}`)" for m in taps}
+    label = {m: f"{display(result, m)} (`{result['taps'].get(m, '?')}`)" for m in taps}
     lines = ["| QF | DirectTest | " + " | ".join(label[m] for m in taps) + " |", "|---|---:|" + "---:|" * len(taps)]
     for name in sets:
         cells = [f"{_pct(evidence.level(m, [name]))}, gain {_pct(evidence.gain(m, 'direct', [name]), signed=True)}"
@@ -238,7 +226,7 @@ def seeds_table(result: dict, evidence: Evidence) -> str:
     jpeg = family_sets(result, "jpeg")
     gains = [evidence.gain(m, "direct", jpeg) for m in seeds]
     lines = ["| model | gain over DirectTest, JPEG Avg (points) |", "|---|---:|"]
-    lines += [f"| {display(m)} | {_pct(g, signed=True)} |" for m, g in zip(seeds, gains)]
+    lines += [f"| {display(result, m)} | {_pct(g, signed=True)} |" for m, g in zip(seeds, gains)]
     values = [100 * g.value for g in gains]
     lines.append(f"| mean ± sd over {len(seeds)} seeds | {np.mean(values):+.1f} ± {np.std(values, ddof=1):.1f} |")
     return "\n".join(lines)
@@ -269,9 +257,9 @@ def claims(result: dict, evidence: Evidence) -> list[str]:
             seeded = [m for m in seeds if name in evidence.outcomes[m]]  # seeds run on study_families only
             claim(f"AFD > DirectTest at {family} {set_level(name)}", evidence.gain("afd", "direct", [name]),
                   [evidence.gain(m, "direct", [name]) for m in seeded] if len(seeded) > 1 else None)
-    for baseline in ("arcnn", "ddp"):
+    for baseline in (m for m in result["methods"] if result.get("kinds", {}).get(m, "afd") != "afd"):
         if evidence.has(baseline):
-            claim(f"AFD > {display(baseline)} (JPEG Avg)", evidence.gain("afd", baseline, jpeg))
+            claim(f"AFD > {display(result, baseline)} (JPEG Avg)", evidence.gain("afd", baseline, jpeg))
     if evidence.has("afd_image_blocks", "fe_net"):
         claim("Table II: DCT FDM > image-block FDM (JPEG Avg)", evidence.gain("afd", "afd_image_blocks", jpeg))
         claim("Table II: image-block FDM > no FDM (JPEG Avg)", evidence.gain("afd_image_blocks", "fe_net", jpeg))
@@ -279,7 +267,7 @@ def claims(result: dict, evidence: Evidence) -> list[str]:
         claim("Table III: rearranged > shuffled DCT (JPEG Avg)", evidence.gain("afd", "afd_shuffled_dct", jpeg))
     table_i = [s for s in jpeg if set_level(s) in TABLE_I_QUALITIES]
     for tap in (m for m in TAP_STUDY if m != "afd" and evidence.has(m) and table_i):  # paper: D2 beats D1, D3, D4
-        claim(f"Table I: AFD at the backbone's tap > {display(tap)} (QF {'/'.join(map(str, TABLE_I_QUALITIES))} Avg)",
+        claim(f"Table I: AFD at the backbone's tap > {display(result, tap)} (QF {'/'.join(map(str, TABLE_I_QUALITIES))} Avg)",
               evidence.gain("afd", tap, table_i))
     if len(jpeg) > 1:
         claim(f"the gain over DirectTest grows as QF falls (QF {set_level(jpeg[-1])} vs {set_level(jpeg[0])})",
@@ -313,11 +301,12 @@ def backbone_section(result: dict, images: dict, training: dict[str, dict], figu
         f"bootstrap over photos ({evidence.bootstrap.weights.shape[0]} resamples); differences are paired "
         "(same images).",
         "### Training: each method against doing nothing (last tenth of training, same batches)",
-        training_table(training),
+        training_table(result, training),
     ]
-    for family, (_, title) in FAMILY_TITLES.items():
+    for family, codec in CODECS.items():
         if not family_sets(result, family):
             continue
+        title = codec.table_title
         figure = f"{name}_{family}_{metric}.png"
         plot_family(result, family, metric, figures_dir / figure)
         methods = _evaluated_on(result, main, family_sets(result, family))
@@ -328,7 +317,7 @@ def backbone_section(result: dict, images: dict, training: dict[str, dict], figu
         parts += [f"### Top-1 accuracy (%) on the {result['data']['labelled']} labelled images only",
                   top1_table(result, evidence, main)]
     for secondary in ("kl", "feature_mse"):
-        parts += [f"### {FAMILY_TITLES['jpeg'][1]}, {METRIC_TITLES[secondary]} (mean)",
+        parts += [f"### {CODECS['jpeg'].table_title}, {METRIC_TITLES[secondary]} (mean)",
                   family_table(result, "jpeg", secondary, main)]
     ablation_ii = [m for m in ("direct", "fe_net", "afd_image_blocks", "afd") if m in result["methods"]]
     ablation_iii = [m for m in ("direct", "afd_shuffled_dct", "afd") if m in result["methods"]]

@@ -140,6 +140,31 @@ def tracked_run(run_name: str, params: dict | None = None, tags: dict | None = N
             log.warning("MLflow run %r not closed at %s (%s)", run_name, uri, first_line(error))
 
 
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Metrics of the active run (`tracked_run`)."""
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_dict(record: dict, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(record, artifact_file)
+
+
+def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(folder: str | os.PathLike, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifacts(str(folder), artifact_path)
+
+
 def close_abandoned_runs(experiment_id: str, run_name: str) -> list[str]:
     """Mark KILLED the runs named `run_name` still RUNNING whose process, on this host, is gone
     (killed with SIGKILL, or its server was down when it ended). Returns their ids."""

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from afd.benchmark import device_ratios, format_table
 from afd.device import device_description, fetch_programs, record_results, resolve_version, run_benchmark
-from flows.tasks import TRANSIENT_RETRIES
+from flows.retries import TRANSIENT_RETRIES
 
 
 @task(name="fetch-from-registry", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)

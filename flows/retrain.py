@@ -1,10 +1,15 @@
 """The retraining flow, as the pipeline diagram reads:
 
-    data sets (DVC) -> train each backbone x method (DVC) -> fuse (DVC) -> efficiency (DVC)
-    -> evaluation grid, one task per backbone x method x set (Dask) -> gate + register
-    -> benchmark on the device (the `edge-devices` pool's worker), waited for with a timeout
+    dvc pull -> every stage of dvc.yaml, in DVC's order, independent ones at once (Dask)
+    -> dvc push + a commit of dvc.lock and the metrics on a retraining branch (git push)
+    -> the registered versions point at that commit -> benchmark on the device (the
+       `edge-devices` pool's worker), waited for with a timeout
 
-Scheduled weekly by the `retrain` deployment in prefect.yaml; trigger it by hand from the UI or
+dvc.yaml is the one description of the pipeline: the flow reads its stages and their order from
+DVC (flows/dag.py) and runs each as a task that does what `dvc repro` does for it, so after a run
+`dvc status` is clean and `dvc metrics show` and the report show what was registered.
+
+Scheduled weekly by the `weekly` deployment in prefect.yaml; trigger it by hand from the UI or
 with `prefect deployment run afd-retrain/weekly`.
 """
 
@@ -12,23 +17,21 @@ from __future__ import annotations
 
 import os
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
 from afd.device import DEVICE_TAG, resolve_version
 from afd.errors import AFDError, ConfigError
-from afd.layout import DATA_STAGES, backbone_methods, fuse_stage, train_stage
-from afd.methods import DIRECT_TEST
-from afd.params import load_params
-from afd.pipeline import grid_cells
+from flows.dag import Stage, needed_for, read_pipeline
 from flows.tasks import (
-    evaluate_grid_cell,
+    changed_stages,
     publish_efficiency,
-    pull_data,
-    record_evaluation,
-    register,
-    reproduce,
+    publish_results,
+    pull_outputs,
+    read_registrations,
+    record_lineage,
+    run_stage,
 )
 
 DEVICE_DEPLOYMENT = "afd-device-benchmark/edge"
@@ -38,34 +41,34 @@ class DeviceTimeout(AFDError):
     pass
 
 
-def local_cluster_settings(threads_per_cell: int = 1) -> dict:
-    """The local Dask cluster's settings: one single-task process per `threads_per_cell` cores (at
-    least one; a cell computes with that many PyTorch threads, params.yaml numerics.threads), so
-    the cores are not oversubscribed; scheduler and dashboard on loopback only."""
-    workers = max(1, (os.cpu_count() or 1) // threads_per_cell)
+def local_cluster_settings(threads_per_stage: int = 2) -> dict:
+    """The local Dask cluster's settings: one single-task process per `threads_per_stage` cores
+    (at least one; a stage computes with that many PyTorch threads, params.yaml numerics.threads),
+    so the cores are not oversubscribed; scheduler and dashboard on loopback only."""
+    workers = max(1, (os.cpu_count() or 1) // threads_per_stage)
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
             "host": "127.0.0.1", "dashboard_address": "127.0.0.1:8787"}
 
 
-def grid_task_runner(dask_address: str | None, threads_per_cell: int):
-    """Dask for the grid: the scheduler at `dask_address`, else a local cluster."""
+def stage_task_runner(dask_address: str | None):
+    """Dask for the stages: the scheduler at `dask_address`, else a local cluster."""
     from prefect_dask import DaskTaskRunner
+
+    from afd.params import load_params
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    return DaskTaskRunner(cluster_kwargs=local_cluster_settings(threads_per_cell))
+    return DaskTaskRunner(cluster_kwargs=local_cluster_settings(load_params()["numerics"]["threads"]))
 
 
-@flow(name="afd-evaluation-grid")
-def evaluation_grid(params: dict, backbones: list[str]) -> dict:
-    """{backbone: {method: {set: metrics}}}: every cell its own task, DirectTest included."""
-    methods = {b: [DIRECT_TEST, *backbone_methods(params, b)] for b in backbones}
-    cells = [(b, m, s) for b in backbones for s, evaluated in grid_cells(params, b).items() for m in evaluated]
-    futures = evaluate_grid_cell.map(unmapped(params), *(list(column) for column in zip(*cells)))
-    grid: dict = {b: {m: {} for m in methods[b]} for b in backbones}
-    for (backbone, method, set_name), future in zip(cells, futures):
-        grid[backbone][method][set_name] = future.result()
-    return grid
+@flow(name="afd-pipeline")
+def run_pipeline(stages: dict[str, Stage], changed: list[str]) -> dict[str, str]:
+    """Every stage as a task, each submitted with its upstream stages' futures: the task runner
+    starts a stage as soon as those have finished. {stage: RAN or UNCHANGED}."""
+    futures = {}
+    for name, stage in stages.items():  # upstream first
+        futures[name] = run_stage.submit(stage, changed, [futures[up] for up in stage.upstream if up in futures])
+    return {name: future.result() for name, future in futures.items()}
 
 
 @task(name="benchmark-on-device", cache_policy=NO_CACHE)
@@ -102,42 +105,42 @@ def benchmark_on_device(backbone: str, version: str, deployment: str, timeout_s:
 
 @flow(name="afd-retrain", log_prints=True)
 def retrain(
-    backbones: list[str] | None = None,
-    params_file: str = "params.yaml",
+    targets: list[str] | None = None,
     dask_address: str | None = None,
+    publish: bool = True,
+    git_remote: str | None = "origin",
+    branch_prefix: str = "retrain",
     device_deployment: str | None = DEVICE_DEPLOYMENT,
     device_timeout_s: float = 1800.0,
 ) -> dict:
-    """Retrain, evaluate, register and benchmark `backbones` (default: params.yaml's train.backbones).
-    `dask_address`: a Dask scheduler for the evaluation grid (default: a local cluster).
+    """Reproduce dvc.yaml's `targets` (stage names or base names, as `dvc repro` takes them;
+    default: the whole pipeline), publish the result, and benchmark each newly registered version.
+    `dask_address`: a Dask scheduler for the stages (default: a local cluster).
+    `publish`: push outputs to the DVC remote and commit the results on a new branch
+    `<branch_prefix>/<flow run>`, pushed to `git_remote` (None: commit only).
     `device_deployment`: the on-device benchmark deployment (None: skip the benchmark)."""
-    params = load_params(params_file)
-    backbones = backbones or params["train"]["backbones"]
-    unknown = sorted(set(backbones) - set(params["train"]["backbones"]))
-    if unknown:
-        raise ConfigError(f"{params_file}: backbones {unknown} are not in train.backbones "
-                          f"{params['train']['backbones']} (dvc.yaml has no stages for them)")
+    try:
+        stages = needed_for(read_pipeline(), targets)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    pull_outputs()
+    changed = changed_stages()
+    ran = run_pipeline.with_options(task_runner=stage_task_runner(dask_address))(stages, changed)
+    backbones = [name.split("@", 1)[1] for name in stages if name.startswith("register@")]
+    receipts = read_registrations(backbones, ran)
+    if "efficiency" in stages:
+        publish_efficiency()
+    if publish:
+        published = publish_results(stages, git_remote, branch_prefix)
+        record_lineage(receipts, published)
+        for receipt in receipts.values():
+            receipt["git_commit"] = published["commit"]
 
-    pull_data(list(DATA_STAGES))
-    reproduce(list(DATA_STAGES))
-    for backbone in backbones:
-        for method in backbone_methods(params, backbone):
-            reproduce([train_stage(params, backbone, method)])
-        for method in backbone_methods(params, backbone, "fuse"):
-            reproduce([fuse_stage(params, backbone, method)])
-    reproduce(["efficiency"])
-    publish_efficiency(backbones)
-
-    runner = grid_task_runner(dask_address, params["numerics"]["threads"])
-    grids = evaluation_grid.with_options(task_runner=runner)(params, backbones)
-    receipts = {}
-    for backbone in backbones:
-        record = record_evaluation(params, backbone, grids[backbone])
-        receipts[backbone] = register(params, backbone, record)
-
-    if device_deployment:  # every backbone gets its chance even if one device fails
+    if device_deployment:  # every new version gets its chance even if one device fails
         failures = []
         for backbone, receipt in receipts.items():
+            if not receipt["registered"]:
+                continue
             state = benchmark_on_device(backbone, receipt["version"], device_deployment, device_timeout_s,
                                         return_state=True)
             if state.is_completed():
@@ -146,6 +149,7 @@ def retrain(
                 failures.append(state.message or f"{backbone}: {state.name}")
         if failures:
             raise AFDError("device benchmark failed (the registered models are kept):\n" + "\n".join(failures))
+    get_run_logger().info("stages run: %s", ", ".join(n for n, r in ran.items() if r == "ran") or "none")
     return receipts
 
 

@@ -1,5 +1,6 @@
-"""The retraining flow's tasks. Each runs DVC stages or calls one step of `afd.pipeline`; none
-holds logic of its own, so a flow run and a `dvc repro` give the same data, models and metrics.
+"""The retraining flow's tasks. A stage task runs one stage of dvc.yaml exactly as `dvc repro`
+would (its command, then its record in dvc.lock); the others move results between the checkout
+and the remotes, or publish what the stages wrote. None holds pipeline logic of its own.
 
 Tasks run in the project directory (the one holding dvc.yaml and params.yaml): the training
 worker's deployment sets it, and Dask workers must be started from a checkout of it.
@@ -7,139 +8,198 @@ worker's deployment sets it, and Dask workers must be started from a checkout of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from filelock import FileLock
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import task_run
+from prefect.runtime import flow_run
 
 from afd.benchmark import format_table
-from afd.determinism import pin_cpu_numerics
 from afd.errors import AFDError
-from afd.layout import METRICS, eval_sets, fused_model, trained_model
-from afd.methods import Method
-from afd.evaluate import Outcomes
-from afd.pipeline import evaluate_cell, evaluation_record, log_evaluation, register_backbone, trained_methods
+from afd.layout import METRICS
 from afd.report import grid_summary
-from afd.tracking import dvc_lock_hashes
+from flows.dag import Stage
+from flows.retries import TRANSIENT_RETRIES
 
-TRANSIENT_RETRIES = dict(retries=2, retry_delay_seconds=[10, 30])  # S3 and the registry: network hiccups
+DVC_LOCK = Path(".dvc/tmp/afd-flow.lock")  # one DVC command at a time in this checkout: DVC locks the repo
+PROGRESS_INTERVAL_S = 30  # a progress bar inside a flow becomes a log line this often, not a line per refresh
+RAN, UNCHANGED = "ran", "unchanged"
 
 
-class DvcError(AFDError):
+class CommandError(AFDError):
     pass
 
 
-def dvc(*args: str) -> str:
-    """Run `dvc <args>` in the project directory, streaming its output to the run's log."""
+def _environment() -> dict:
+    """The stage commands' environment: this interpreter's scripts first on PATH (`python`,
+    `dvc`), and tqdm bars redrawn at PROGRESS_INTERVAL_S."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "TQDM_MININTERVAL": str(PROGRESS_INTERVAL_S)}
+
+
+def run_command(command: list[str] | str, what: str) -> str:
+    """Run `command` in the project directory, each output line (a bar's redraw included) to the
+    run's log; an AFDError with the output's tail if it fails."""
     logger = get_run_logger()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    process = subprocess.Popen([sys.executable, "-m", "dvc", *args], env=env, text=True,
+    process = subprocess.Popen(command, shell=isinstance(command, str), env=_environment(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
-    for line in process.stdout:
-        lines.append(line.rstrip())
-        logger.info(lines[-1])
+    for chunk in process.stdout:
+        for line in re.split(r"[\r\n]+", chunk):
+            if line.strip():
+                lines.append(line.rstrip())
+                logger.info(lines[-1])
     if process.wait() != 0:
         tail = "\n".join(lines[-15:])
-        raise DvcError(f"`dvc {' '.join(args)}` failed with exit status {process.returncode} in {Path.cwd()}:\n{tail}")
+        raise CommandError(f"{what} failed with exit status {process.returncode} in {Path.cwd()}:\n{tail}")
     return "\n".join(lines)
 
 
+def dvc(*args: str) -> str:
+    """`dvc <args>`, one at a time in this checkout."""
+    DVC_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(DVC_LOCK):
+        return run_command([sys.executable, "-m", "dvc", *args], f"`dvc {' '.join(args)}`")
+
+
+def git(*args: str) -> str:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CommandError(f"`git {' '.join(args)}` failed in {Path.cwd()}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+# ---- the stages ---------------------------------------------------------------------------------
+
+
 @task(name="dvc-pull", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def pull_data(stages: list[str]) -> bool:
-    """Fetch the stages' outputs from the DVC remote, where one is configured (a first run on a
-    machine reuses what another already made); missing ones are left for `dvc repro`."""
+def pull_outputs() -> bool:
+    """Fetch the pipeline's outputs from the DVC remote, where one is configured (a run on a new
+    machine reuses what another made); missing ones are left for their stages to make."""
     if not dvc("remote", "list").strip():
-        get_run_logger().info("no DVC remote configured: data sets are made locally")
+        get_run_logger().info("no DVC remote configured: every output is made here")
         return False
-    dvc("pull", "--allow-missing", *stages)
+    dvc("pull", "--allow-missing")
     return True
 
 
-def _repro_run_name() -> str:
-    return "dvc-repro " + " ".join(task_run.parameters["stages"])
+@task(name="dvc-status", cache_policy=NO_CACHE)
+def changed_stages() -> list[str]:
+    """The stages that `dvc repro` would run now (before any upstream stage runs)."""
+    return sorted(json.loads(dvc("status", "--json").splitlines()[-1] or "{}"))
 
 
-@task(task_run_name=_repro_run_name, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def reproduce(stages: list[str]) -> str:
-    """`dvc repro` of the stages: DVC re-runs only what changed (it is the cache here)."""
-    return dvc("repro", *stages)
+def _stage_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return task_run.parameters["stage"].name
 
 
-def _cell_cache_key(context, parameters: dict) -> str | None:
-    """A cell's result is reused while its inputs are unchanged: the model and data versions
-    (dvc.lock md5s), the parameters that shape the cell, and the evaluation code."""
-    params, backbone, method, set_name = (parameters[k] for k in ("params", "backbone", "method", "set_name"))
-    sets = eval_sets(params)
-    inputs = {sets["clean"], sets[set_name]}  # one path for the clean set's own cell
-    if method != "direct":
-        spec = Method.from_params(method, params["methods"])
-        inputs.add(fused_model(backbone, method) if spec.fusable else trained_model(backbone, method))
-    versions = dvc_lock_hashes(sorted(inputs))
-    if len(versions) < len(inputs):  # not made by DVC here: no version to key on
-        return None
-    import afd.evaluate
-    import afd.pipeline
-
-    code = b"".join(Path(module.__file__).read_bytes() for module in (afd.evaluate, afd.pipeline))
-    key = json.dumps([backbone, method, set_name, versions, params["backbones"][backbone],
-                      params["methods"].get(method), params["evaluate"], hashlib.sha256(code).hexdigest()],
-                     sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()
+@task(task_run_name=_stage_run_name, cache_policy=NO_CACHE)
+def run_stage(stage: Stage, changed: list[str], upstream: list[str]) -> str:
+    """One stage, as `dvc repro` runs it: skipped (UNCHANGED) unless DVC found it changed or an
+    upstream stage ran and DVC now finds it changed; else its command, then `dvc commit` records
+    its deps, params and outputs in dvc.lock (and its outputs in the DVC cache). `upstream`: the
+    results of the stages it depends on (their tasks run first)."""
+    if stage.name not in changed:
+        if RAN not in upstream:
+            return UNCHANGED
+        if not json.loads(dvc("status", "--json", stage.name).splitlines()[-1] or "{}"):
+            return UNCHANGED  # its inputs came out as they were
+    started = time.monotonic()
+    run_command(stage.cmd, f"stage {stage.name} (`{stage.cmd}`)")
+    dvc("commit", "--force", stage.name)
+    get_run_logger().info("%s: ran in %.0f s and recorded in dvc.lock", stage.name, time.monotonic() - started)
+    return RAN
 
 
-@task(task_run_name="evaluate {backbone} {method} {set_name}", cache_key_fn=_cell_cache_key, persist_result=True)
-def evaluate_grid_cell(params: dict, backbone: str, method: str, set_name: str) -> Outcomes:
-    """One cell of the grid (method or DirectTest on one set), on the pinned CPU code paths of the
-    `evaluate` stage, so the cell equals the stage's."""
-    pin_cpu_numerics(params["numerics"]["threads"])
-    return evaluate_cell(params, backbone, method, set_name)
+# ---- a versioned result -------------------------------------------------------------------------
 
 
-@task(name="record-evaluation", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def record_evaluation(params: dict, backbone: str, grid: dict[str, dict[str, Outcomes]]) -> dict:
-    """The evaluation record, logged to MLflow and published as the run's grid artifact."""
-    trained = trained_methods(params, backbone)
-    record = evaluation_record(params, trained, grid)
-    log_evaluation(params, trained, record)
-    create_markdown_artifact(markdown=grid_summary(record), key=f"grid-{backbone.replace('_', '-')}",
-                             description=f"Evaluation grid of {backbone}")
-    return record
+@task(name="publish-results", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def publish_results(stages: dict[str, Stage], git_remote: str | None, branch_prefix: str) -> dict:
+    """Push every output to the DVC remote, commit dvc.lock, what git keeps of the outputs
+    (metrics, plots, the report, .gitignore files) and any change to tracked files (params.yaml)
+    on a new branch `<branch_prefix>/<flow run>`, and push it to `git_remote`: a fresh clone of
+    that branch gets this state with `dvc pull`.
+    Returns {"commit", "branch", "pushed"}."""
+    logger = get_run_logger()
+    if dvc("remote", "list").strip():
+        dvc("push")
+    else:
+        logger.warning("no DVC remote configured: outputs stay in this checkout only")
+    tracked = ["dvc.lock", *sorted({f for stage in stages.values() for f in stage.git_files if Path(f).exists()})]
+    branch = f"{branch_prefix}/{flow_run.get_name() or time.strftime('%Y%m%d-%H%M%S')}"
+    git("add", "-A", "--", *tracked)
+    git("add", "-u")  # and what the run read from git (params.yaml, code): the commit is what produced it
+    if git("diff", "--cached", "--name-only"):
+        git("switch", "-c", branch)
+        identity = [] if _git_identity() else ["-c", "user.name=afd-retrain", "-c", "user.email=afd-retrain@localhost"]
+        git(*identity, "commit", "-q", "-m", f"Retraining run {flow_run.get_name()}: dvc.lock, metrics, report")
+    else:
+        branch = git("rev-parse", "--abbrev-ref", "HEAD")
+        logger.info("the pipeline's results equal the checked-out commit's: nothing to commit")
+    commit = git("rev-parse", "HEAD")
+    pushed = False
+    if git_remote and git_remote in git("remote").split():
+        git("push", "-q", git_remote, f"HEAD:refs/heads/{branch}")
+        pushed = True
+    else:
+        logger.warning("no git remote %r: the results are committed in this checkout only", git_remote)
+    return {"commit": commit, "branch": branch, "pushed": pushed}
 
 
-@task(name="register", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def register(params: dict, backbone: str, record: dict) -> dict:
-    """Register backbone + fused AFD (with exports and comparison programs) and apply the gate."""
-    receipt = register_backbone(params, backbone, record)
-    checks = {"ExecuTorch": receipt.get("pte_max_abs_diff"), "ONNX": receipt.get("onnx_max_abs_diff")}
-    checked = ", ".join(f"{name} max |Δ| {difference:.2e}" for name, difference in checks.items()
-                        if difference is not None)
-    create_markdown_artifact(
-        key=f"registration-{backbone.replace('_', '-')}",
-        markdown=(f"`{receipt['name']}` version **{receipt['version']}** → **{receipt['alias']}**: "
-                  f"{receipt['reason']}.\n\n"
-                  + (f"Exports checked against PyTorch: {checked}." if checked else
-                     "No deploy exports (params: register.deploy_formats).")),
-        description=f"Registry entry of {backbone}")
-    get_run_logger().info("%s version %s: %s (%s)", receipt["name"], receipt["version"], receipt["alias"],
-                          receipt["reason"])
-    return receipt
+def _git_identity() -> bool:
+    return subprocess.run(["git", "config", "user.email"], capture_output=True).returncode == 0
+
+
+@task(name="record-lineage", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def record_lineage(receipts: dict[str, dict], published: dict) -> None:
+    """Point each version registered by this run at the commit that holds its results."""
+    from afd.registry import set_lineage_commit
+
+    for receipt in receipts.values():
+        if receipt.get("registered"):
+            set_lineage_commit(receipt["name"], receipt["version"], published["commit"], published["branch"])
+
+
+# ---- what the stages wrote, as run artifacts ----------------------------------------------------
+
+
+@task(name="read-registrations", cache_policy=NO_CACHE)
+def read_registrations(backbones: list[str], ran: dict[str, str]) -> dict[str, dict]:
+    """{backbone: its registration receipt (metrics/register/<backbone>.json)}, "registered"
+    telling whether this run made a new version, each published as an artifact."""
+    receipts = {}
+    for backbone in backbones:
+        receipt = json.loads((METRICS / "register" / f"{backbone}.json").read_text())
+        receipt["registered"] = ran.get(f"register@{backbone}") == RAN and receipt.get("new_version", True)
+        receipts[backbone] = receipt
+        create_markdown_artifact(
+            key=f"registration-{backbone.replace('_', '-')}", description=f"Registry entry of {backbone}",
+            markdown=(f"`{receipt['name']}` version **{receipt['version']}** → **{receipt['alias']}**: "
+                      f"{receipt['reason']}." + ("" if receipt["registered"] else " (registered before this run)")))
+        grid = json.loads((METRICS / "eval" / f"{backbone}.json").read_text())
+        create_markdown_artifact(markdown=grid_summary(grid), key=f"grid-{backbone.replace('_', '-')}",
+                                 description=f"Evaluation grid of {backbone}")
+    return receipts
 
 
 @task(name="publish-efficiency", cache_policy=NO_CACHE)
-def publish_efficiency(backbones: list[str]) -> dict:
+def publish_efficiency() -> dict:
     """The efficiency table (Table VII) that the `efficiency` stage measured, as a run artifact."""
     measured = json.loads((METRICS / "efficiency.json").read_text())
     parts = []
-    for backbone in backbones:
-        parts += [f"### {backbone}", measured[backbone]["setup"], format_table(measured[backbone]["rows"])]
+    for backbone, table in measured.items():
+        parts += [f"### {backbone}", table["setup"], format_table(table["rows"])]
     create_markdown_artifact(markdown="\n\n".join(parts), key="efficiency",
                              description="Efficiency (Table VII), measured on the training machine")
-    return {backbone: measured[backbone]["ratios"] for backbone in backbones}
+    return {backbone: table["ratios"] for backbone, table in measured.items()}

@@ -1,4 +1,7 @@
-"""What every stage script shares: its command line, its error exit, and the dependency audit."""
+"""What every stage script shares: its command line, its error exit, and the dependency audit.
+
+A stage script is its docstring and one line, `run_step(__doc__, steps.<step>, <arguments>)`: the
+step itself (in `afd.steps`) does the work, so the scripts hold no logic."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Callable
 
 from afd.errors import AFDError
 from afd.io import write_json
-from afd.params import used_keys
+from afd.params import load_params, used_keys
 
 PROJECT = Path(__file__).resolve().parents[1]
 # Set to a folder, each stage run writes there the params.yaml keys and project modules it used,
@@ -21,15 +24,21 @@ PROJECT = Path(__file__).resolve().parents[1]
 AUDIT_ENV = "AFD_DEPENDENCY_AUDIT"
 
 
-def stage_arguments(doc: str, *, backbone: bool = False, method: bool = False) -> argparse.ArgumentParser:
-    """The stage's parser: --params always, --backbone / --method for per-model stages."""
-    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    if backbone:
-        parser.add_argument("--backbone", required=True)
-    if method:
-        parser.add_argument("--method", required=True)
-    return parser
+def run_step(doc: str, step: Callable[..., str], *arguments: str) -> None:
+    """Run `step(params, *values of arguments)` as a stage: --params plus one required option per
+    name in `arguments` (--backbone, --method, --codec), in the step's argument order, with
+    `stage_main`'s error handling; prints the step's one-line summary."""
+
+    @stage_main
+    def main() -> None:
+        parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+        parser.add_argument("--params", default="params.yaml")
+        for name in arguments:
+            parser.add_argument(f"--{name}", required=True)
+        args = vars(parser.parse_args())
+        print(step(load_params(args["params"]), *(args[name] for name in arguments)))
+
+    main()
 
 
 def stage_main(main: Callable[[], None]) -> Callable[[], None]:

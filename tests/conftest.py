@@ -27,7 +27,8 @@ def tiny_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["sources"]["embedded"].update(train=["astronaut", "china", "flower"], eval=["coffee"], view_sizes=[256])
     params["patches"]["qualities"] = [25, 7]
-    params["eval_sets"].update(jpeg_qualities=[25, 7], compression_times=[2], avif_qualities=[25])
+    params["eval_sets"] = {"jpeg": {"levels": [25, 7], "resave_q85": False},
+                           "multi": {"levels": [2], "qualities": [25, 7]}, "avif": {"levels": [25]}}
     params["train"].update(backbones=[BACKBONE], methods=["afd"], study_backbone=BACKBONE,
                            study_methods=["arcnn", "afd_tap_stage2"])
     params["fuse"].update(methods=["afd"], study_methods=["afd_tap_stage2"])

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
-from afd.compress import encode_jpeg
+from afd.codecs import CODECS, encode_jpeg
 from afd.data import (
     PairedImages,
     copy_imagenet_c,
@@ -26,7 +26,7 @@ from afd.data import (
     labels,
     list_images,
     load_set,
-    make_degraded_set,
+    make_compressed_sets,
     make_eval_clean,
     make_patches,
     read_image,
@@ -117,14 +117,19 @@ def test_eval_views_and_max_images(tmp_path, eval_clean):
 # ---- degraded sets ------------------------------------------------------------------------------
 
 
-def test_jpeg_set_holds_real_jpeg_files(tmp_path, eval_clean):
+def _compress(clean: Path, out: Path, codec: str, levels: list[int], seed: int = 0, **settings) -> Path:
+    make_compressed_sets(clean, out, CODECS[codec], levels, seed, **settings)
+    return out
+
+
+def test_jpeg_sets_hold_real_jpeg_files(tmp_path, eval_clean):
+    out = _compress(eval_clean, tmp_path / "jpeg", "jpeg", [25, 7])
+    assert sorted(p.name for p in out.iterdir()) == ["jpeg_q25", "jpeg_q7"]  # one folder per level
     errors = {}
     for quality in (25, 7):
-        out = tmp_path / f"jpeg_q{quality}"
-        make_degraded_set(eval_clean, out, "jpeg", quality)
-        assert sorted(_files(out)) == [f"e{i:05d}.jpg" for i in range(6)]
+        assert sorted(_files(out / f"jpeg_q{quality}")) == [f"e{i:05d}.jpg" for i in range(6)]
         errors[quality] = []
-        for (image_id, clean), (same_id, degraded) in zip(load_set(eval_clean), load_set(out)):
+        for (image_id, clean), (same_id, degraded) in zip(load_set(eval_clean), load_set(out / f"jpeg_q{quality}")):
             assert image_id == same_id
             raw = degraded.read_bytes()
             assert raw[:2] == b"\xff\xd8"
@@ -135,23 +140,21 @@ def test_jpeg_set_holds_real_jpeg_files(tmp_path, eval_clean):
             errors[quality].append(_mse(clean_img, jpeg_img))
     assert np.mean(errors[7]) > np.mean(errors[25])
 
-    make_degraded_set(eval_clean, tmp_path / "resaved", "jpeg", 7, resave_q85=True)
+    _compress(eval_clean, tmp_path / "resaved", "jpeg", [7], resave_q85=True)
     clean_img = load_image(eval_clean / "e00000.png")
-    assert (tmp_path / "resaved" / "e00000.jpg").read_bytes() == encode_jpeg(clean_img, 7, True)
-    with pytest.raises(ConfigError, match="JPEG sets only"):
-        make_degraded_set(eval_clean, tmp_path / "x", "avif", 7, resave_q85=True)
-    with pytest.raises(ConfigError, match="valid: jpeg, multi, avif"):
-        make_degraded_set(eval_clean, tmp_path / "x", "webp", 7)
+    assert (tmp_path / "resaved" / "jpeg_q7" / "e00000.jpg").read_bytes() == encode_jpeg(clean_img, 7, True)
+    with pytest.raises(TypeError, match="resave_q85"):  # a setting of another codec
+        _compress(eval_clean, tmp_path / "x", "avif", [7], resave_q85=True)
+    assert not (tmp_path / "x").exists()
 
 
 def test_multi_compression_prefix_property(tmp_path, eval_clean):
+    out = _compress(eval_clean, tmp_path / "multi", "multi", [1, 2, 3], seed=5, qualities=[25, 10, 7])
     qualities = {}
     for times in (1, 2, 3):
-        out = tmp_path / f"multi_ct{times}"
-        make_degraded_set(eval_clean, out, "multi", times, seed=5, multi_qualities=[25, 10, 7])
-        qualities[times] = json.loads((out / "qualities.json").read_text())
+        qualities[times] = json.loads((out / f"multi_ct{times}" / "encodings.json").read_text())
         assert sorted(qualities[times]) == [image_id for image_id, _ in load_set(eval_clean)]
-        assert sorted(p.name for p in out.glob("*.jpg")) == [f"e{i:05d}.jpg" for i in range(6)]
+        assert sorted(p.name for p in (out / f"multi_ct{times}").glob("*.jpg")) == [f"e{i:05d}.jpg" for i in range(6)]
     for image_id, used in qualities[3].items():
         assert len(used) == 3 and set(used) <= {25, 10, 7}
         assert qualities[2][image_id] == used[:2] and qualities[1][image_id] == used[:1]
@@ -159,19 +162,17 @@ def test_multi_compression_prefix_property(tmp_path, eval_clean):
 
     clean_img = load_image(eval_clean / "e00000.png")
     q1, q2 = qualities[2]["e00000"]
-    once = tmp_path / "multi_ct1" / "e00000.jpg"
+    once = out / "multi_ct1" / "e00000.jpg"
     assert once.read_bytes() == encode_jpeg(clean_img, q1)
-    twice = tmp_path / "multi_ct2" / "e00000.jpg"
+    twice = out / "multi_ct2" / "e00000.jpg"
     assert twice.read_bytes() == encode_jpeg(load_image(once), q2)
 
-    make_degraded_set(eval_clean, tmp_path / "again", "multi", 3, seed=5,
-                      multi_qualities=[25, 10, 7])
-    assert _files(tmp_path / "again") == _files(tmp_path / "multi_ct3")
+    again = _compress(eval_clean, tmp_path / "again", "multi", [3], seed=5, qualities=[25, 10, 7])
+    assert _files(again / "multi_ct3") == _files(out / "multi_ct3")
 
 
 def test_avif_set_decodes(tmp_path, eval_clean):
-    make_degraded_set(eval_clean, tmp_path / "avif_q10", "avif", 10)
-    avif_set = load_set(tmp_path / "avif_q10")
+    avif_set = load_set(_compress(eval_clean, tmp_path / "avif", "avif", [10]) / "avif_q10")
     for (image_id, clean), (_, degraded) in zip(load_set(eval_clean), avif_set):
         assert degraded.name == f"{image_id}.avif" and degraded.read_bytes()[4:12] == b"ftypavif"
         img = load_image(degraded)
@@ -181,21 +182,21 @@ def test_avif_set_decodes(tmp_path, eval_clean):
 def test_a_failing_set_leaves_nothing_half_written(tmp_path, eval_clean):
     clean = tmp_path / "clean"
     shutil.copytree(eval_clean, clean)
-    out = tmp_path / "jpeg_q10"
+    out = tmp_path / "jpeg"
     (clean / "e00003.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
 
     with pytest.raises(ImageLoadError, match="e00003.png"):
-        make_degraded_set(clean, out, "jpeg", 10)
+        _compress(clean, out, "jpeg", [25, 10])
     assert not out.exists() and _hidden_entries(tmp_path) == []
 
-    make_degraded_set(eval_clean, out, "jpeg", 10)
-    before = _files(out)
+    _compress(eval_clean, out, "jpeg", [10])
+    before = _files(out / "jpeg_q10")
     with pytest.raises(ImageLoadError):
-        make_degraded_set(clean, out, "jpeg", 25)
-    assert _files(out) == before and _hidden_entries(tmp_path) == []
+        _compress(clean, out, "jpeg", [25])
+    assert _files(out / "jpeg_q10") == before and _hidden_entries(tmp_path) == []
 
-    make_degraded_set(eval_clean, out, "jpeg", 25)  # a good run replaces the old set as a whole
-    assert _files(out) != before and _hidden_entries(tmp_path) == []
+    _compress(eval_clean, out, "jpeg", [25])  # a good run replaces the old sets as a whole
+    assert sorted(p.name for p in out.iterdir()) == ["jpeg_q25"] and _hidden_entries(tmp_path) == []
 
 
 # ---- sources ------------------------------------------------------------------------------------
@@ -361,22 +362,21 @@ def test_imagenet_c_files_are_copied(tmp_path):
     released.parent.mkdir(parents=True)
     released.write_bytes(encode_jpeg(load_image(tmp_path / "clean" / "e00000.png"), 10, True))
 
-    copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q10", 10, str(tmp_path / "imagenet-c"))
-    assert _files(tmp_path / "jpeg_q10") == {"e00000.jpg": released.read_bytes()}
+    copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg", [10], str(tmp_path / "imagenet-c"))
+    assert _files(tmp_path / "jpeg" / "jpeg_q10") == {"e00000.jpg": released.read_bytes()}
     missing = r"ImageNet-C file missing: .*/jpeg_compression/5/n01440764/a.JPEG"
     with pytest.raises(AFDError, match=missing):
-        copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q7", 7, str(tmp_path / "imagenet-c"))
-    assert not (tmp_path / "jpeg_q7").exists()
+        copy_imagenet_c(tmp_path / "clean", tmp_path / "again", [10, 7], str(tmp_path / "imagenet-c"))
+    assert not (tmp_path / "again").exists()  # all levels, or none
     with pytest.raises(ConfigError, match="no JPEG quality 50"):
-        copy_imagenet_c(tmp_path / "clean", tmp_path / "jpeg_q50", 50, str(tmp_path / "imagenet-c"))
+        copy_imagenet_c(tmp_path / "clean", tmp_path / "again", [50], str(tmp_path / "imagenet-c"))
 
 
 # ---- reading back -------------------------------------------------------------------------------
 
 
 def test_paired_images(tmp_path, eval_clean):
-    degraded = tmp_path / "jpeg_q18"
-    make_degraded_set(eval_clean, degraded, "jpeg", 18)
+    degraded = _compress(eval_clean, tmp_path / "jpeg", "jpeg", [18]) / "jpeg_q18"
     pairs = PairedImages(eval_clean, degraded)
     assert len(pairs) == 6
     clean, compressed, image_id = pairs[2]
@@ -428,42 +428,45 @@ def _stage_in_process(cwd: Path, script: str, *args: str, monkeypatch) -> None:
 
 
 def test_stage_scripts_build_the_layout(tmp_path, monkeypatch):
-    _write_params(tmp_path)
+    _write_params(tmp_path, {"patches.qualities": [25, 7]})
+    codec_levels = {name: section["levels"] for name, section in load_params(tmp_path / "params.yaml")["eval_sets"].items()}
+    assert set(codec_levels) == set(CODECS)  # params.yaml evaluates every codec
     for script, *args in [
         ("patches.py",),
         ("eval_clean.py",),
-        ("degrade_set.py", "--kind", "jpeg", "--level", "25", "--clean", "data/div2k_c/clean",
-         "--out", "data/div2k_c/jpeg_q25"),
-        ("degrade_set.py", "--kind", "jpeg", "--level", "7", "--clean", "data/eval/clean",
-         "--out", "data/eval/jpeg_q7", "--resave-q85", "--imagenet-c"),
-        ("degrade_set.py", "--kind", "multi", "--level", "2", "--clean", "data/eval/clean",
-         "--out", "data/eval/multi_ct2"),
-        ("degrade_set.py", "--kind", "avif", "--level", "18", "--clean", "data/eval/clean",
-         "--out", "data/eval/avif_q18"),
+        ("div2k_c.py",),
+        *(("eval_sets.py", "--codec", codec) for codec in CODECS),
     ]:
         _stage_in_process(tmp_path, script, *args, monkeypatch=monkeypatch)
     layout = {
         str(p.relative_to(tmp_path / "data")) for p in (tmp_path / "data").rglob("*") if p.is_file()
     }
     patches = {f"div2k_c/clean/p0000{i}.png" for i in range(3)} | {"div2k_c/clean/manifest.json"}
-    patches |= {f"div2k_c/jpeg_q25/p0000{i}.jpg" for i in range(3)}
+    patches |= {f"div2k_c/jpeg/jpeg_q{q}/p0000{i}.jpg" for i in range(3) for q in (25, 7)}
     ids = [f"e0000{i}" for i in range(4)]
     evaluation = {f"eval/clean/{i}.png" for i in ids} | {"eval/clean/manifest.json"}
-    evaluation |= {f"eval/jpeg_q7/{i}.jpg" for i in ids} | {f"eval/avif_q18/{i}.avif" for i in ids}
-    evaluation |= {f"eval/multi_ct2/{i}.jpg" for i in ids} | {"eval/multi_ct2/qualities.json"}
+    for codec in CODECS.values():  # every codec's sets, from params.yaml's eval_sets
+        sets = {codec.set(level).name for level in codec_levels[codec.name]}
+        evaluation |= {f"eval/{codec.name}/{s}/{i}{codec.suffix}" for s in sets for i in ids}
+        if codec.name == "multi":
+            evaluation |= {f"eval/multi/{s}/encodings.json" for s in sets}
     assert layout == patches | evaluation
     first = load_image(tmp_path / "data/eval/clean/e00000.png")
-    assert (tmp_path / "data/eval/jpeg_q7/e00000.jpg").read_bytes() == encode_jpeg(first, 7)
+    assert (tmp_path / "data/eval/jpeg/jpeg_q7/e00000.jpg").read_bytes() == encode_jpeg(first, 7)
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"patches.size": 100}, "patches.size: Input should be a multiple of 16 (got 100)"),
-        ({"eval_sets.jpeg_qualities": [25, 0]}, "eval_sets.jpeg_qualities.1: Input should be greater than or equal to 1 (got 0)"),
-        ({"eval_sets.avif_qualities": [25, "7"]}, "eval_sets.avif_qualities.1: Input should be a valid integer (got '7')"),
-        ({"eval_sets.compression_times": [1, 1.5]}, "eval_sets.compression_times.1: Input should be a valid integer"),
-        ({"eval_sets.compression_times": [1, 100000000]}, "eval_sets.compression_times.1: Input should be less than or equal to 100"),
+        ({"eval_sets.jpeg.levels": [25, 0]}, "eval_sets: jpeg.levels.1: Input should be greater than or equal to 1 (got 0)"),
+        ({"eval_sets.avif.levels": [25, "7"]}, "eval_sets: avif.levels.1: Input should be a valid integer (got '7')"),
+        ({"eval_sets.multi.levels": [1, 1.5]}, "eval_sets: multi.levels.1: Input should be a valid integer"),
+        ({"eval_sets.multi.levels": [1, 100000000]}, "eval_sets: multi.levels.1: Input should be less than or equal to 100"),
+        ({"eval_sets.avif.resave_q85": True}, "eval_sets: avif.resave_q85: unknown key"),
+        ({"eval_sets.jpeg2000": {"levels": [10]}}, "eval_sets: 'jpeg2000' is not a codec; codecs: jpeg, multi, avif"),
+        ({"fuse.verify_set": {"codec": "jpeg", "level": 99}}, "fuse.verify_set: jpeg at 99 is not an evaluation set"),
+        ({"fuse.verify_set": "jpeg_q7"}, "fuse.verify_set: Input should be a valid dictionary"),
         ({"profiles.default.patch_count": 0}, "profiles.default.patch_count: Input should be greater than or equal to 1 (got 0)"),
         ({"profiles.default.lr_drop_at": "abc"}, "profiles.default.lr_drop_at: Input should be a valid integer (got 'abc')"),
         ({"profiles.default.lr": "fast"}, "profiles.default.lr: Input should be a valid number"),
@@ -528,8 +531,7 @@ def test_stage_errors_exit_2_naming_the_key(tmp_path, monkeypatch, capsys):
     assert "error: image source nowhere: no such folder" in capsys.readouterr().err
 
     _write_params(tmp_path)
-    assert exit_status("degrade_set.py", "--kind", "jpeg", "--level", "7", "--clean", "data/eval/clean",
-                       "--out", "data/eval/jpeg_q7") == 2
+    assert exit_status("eval_sets.py", "--codec", "jpeg") == 2
     assert "error: data set data/eval/clean: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 

@@ -1,10 +1,12 @@
 """The Prefect flows end to end on a tiny project: a real Prefect server, the project's deployments
-from prefect.yaml, a real process worker polling the device pool, MLflow and S3 servers.
+from prefect.yaml, a real process worker polling the device pool, MLflow and S3 servers, a bare
+git repository as the project's git remote and an S3 bucket as its DVC remote.
 
 The retraining flow runs as a user's process would (a subprocess in the project directory); the
 device benchmark runs on the `edge-devices` worker through `run_deployment`.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -19,9 +21,7 @@ from conftest import BACKBONE, make_tiny_project, tiny_params
 from services.mlflow_server import start_mlflow
 from services.prefect_server import DEVICE_POOL, deploy_project, run_prefect, start_prefect, start_worker
 
-SETS = ["clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q25"]
-METHODS = ["direct", "afd", "arcnn", "afd_tap_stage2"]
-STUDY_SETS = ["clean", "jpeg_q25", "jpeg_q7"]  # the study methods' (arcnn, afd_tap_stage2): evaluate.study_families
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,25 @@ def training_env(env, s3_server) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, env) -> Path:
+def git_remote(tmp_path_factory) -> Path:
+    remote = tmp_path_factory.mktemp("git-remote") / "afd.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    return remote
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, env, git_remote, s3_server) -> Path:
+    """The training machine's checkout: pushed to `git_remote`, with an S3 bucket as DVC remote
+    (its keys come from the environment, see `training_env`)."""
     params = tiny_params()
     params["register"]["deploy_formats"] = []  # these tests read the registry, not the deploy files
     root = make_tiny_project(tmp_path_factory.mktemp("flow-project"), params)
+    for command in (["remote", "add", "-d", "storage", "s3://afd/flow-test"],
+                    ["remote", "modify", "storage", "endpointurl", s3_server.endpoint]):
+        subprocess.run([sys.executable, "-m", "dvc", *command], cwd=root, check=True)
+    subprocess.run([*GIT, "commit", "-qam", "DVC remote"], cwd=root, check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(git_remote)], cwd=root, check=True)
+    subprocess.run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], cwd=root, check=True)
     deploy_project(root, env)
     return root
 
@@ -169,36 +184,65 @@ def test_the_schedule_comes_from_prefect_yaml(project, env):
     assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(project)
 
 
-def test_every_grid_cell_is_a_task_run(first_run, env):
-    (grid_run,) = flow_runs(env, "afd-evaluation-grid")
-    names = sorted(run.name for run in task_runs(env, grid_run.id))
-    assert names == sorted(f"evaluate {BACKBONE} {m} {s}" for m in METHODS
-                           for s in (SETS if m in ("direct", "afd") else STUDY_SETS))
-    assert all(run.state.is_completed() for run in task_runs(env, grid_run.id))
+def dvc(root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = env or os.environ
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
+                          env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"})
 
 
-def test_the_flow_grid_equals_the_dvc_evaluate_stage(first_run, project, env):
-    """Two routes, one computation: the mapped cells and the evaluate stage give the same numbers."""
-    import mlflow
+def test_every_stage_of_dvc_yaml_runs_as_a_task_after_the_stages_it_reads(first_run, project, env):
+    """The flow executes dvc.yaml: one task run per DVC stage (matrix items included), none
+    started before the stages it depends on had finished."""
+    from flows.dag import read_pipeline
 
-    runs = registry(env).search_runs([registry(env).get_experiment_by_name("afd").experiment_id],
-                                     filter_string=f"attributes.run_name = 'evaluate@{BACKBONE}'")
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    record = mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/evaluation.json")
-    staged = subprocess.run([sys.executable, "-m", "dvc", "repro", f"evaluate@{BACKBONE}"], cwd=project,
-                            env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"},
-                            capture_output=True, text=True)
-    assert staged.returncode == 0, staged.stderr
-    stage_record = json.loads((project / "metrics" / "eval" / f"{BACKBONE}.json").read_text())
-    # Same predictions; KL and MSE equal up to float rounding (Dask workers run one thread each,
-    # the stage two, and the convolutions sum in a different order).
-    assert set(record["grid"]) == set(stage_record["grid"]) == set(METHODS)
-    for method, by_set in stage_record["grid"].items():
-        assert set(record["grid"][method]) == set(by_set) == set(SETS if method in ("direct", "afd") else STUDY_SETS)
-        for set_name, metrics in by_set.items():
-            assert record["grid"][method][set_name] == pytest.approx(metrics, rel=1e-4, abs=1e-6)
-            assert record["grid"][method][set_name]["agreement"] == metrics["agreement"]
-    assert record["grid"]["direct"]["clean"]["agreement"] == 1.0
+    stages = read_pipeline(project)
+    listed = [line.split()[0] for line in dvc(project, "stage", "list").stdout.splitlines()]
+    assert sorted(stages) == sorted(listed) and len(listed) > 10
+    (pipeline_run,) = flow_runs(env, "afd-pipeline")
+    runs = {run.name: run for run in task_runs(env, pipeline_run.id)}
+    assert sorted(runs) == sorted(listed)
+    assert all(run.state.is_completed() for run in runs.values())
+    for name, stage in stages.items():
+        for upstream in stage.upstream:
+            assert runs[upstream].end_time <= runs[name].start_time, (upstream, name)
+
+
+def test_after_a_run_dvc_is_clean_and_its_metrics_are_the_registered_versions(first_run, project, env):
+    status = dvc(project, "status")
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+    receipt = first_run[BACKBONE]
+    recorded = json.loads((project / "metrics" / "register" / f"{BACKBONE}.json").read_text())
+    assert recorded["version"] == receipt["version"] and recorded["new_version"] is True
+    version = registry(env).get_model_version(f"afd-{BACKBONE}", receipt["version"])
+    averages = json.loads((project / "metrics" / "eval" / f"{BACKBONE}.json").read_text())["averages"]["afd"]
+    tagged = {key.removeprefix("metric."): float(value) for key, value in version.tags.items()
+              if key.startswith("metric.")}
+    expected = {f"{family}.{metric}": value for family, by_metric in averages.items()
+                for metric, value in by_metric.items()}
+    assert tagged.keys() == expected.keys()
+    assert tagged == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_fresh_clone_of_the_retraining_branch_gets_the_registered_state(first_run, project, env, training_env,
+                                                                             git_remote, tmp_path):
+    receipt = first_run[BACKBONE]
+    version = registry(env).get_model_version(f"afd-{BACKBONE}", receipt["version"])
+    commit, branch = version.tags["git_commit"], version.tags["git_branch"]
+    assert not commit.endswith("-dirty") and branch.startswith("retrain/")
+    assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project,
+                          capture_output=True, text=True).stdout == ""  # the checkout holds no uncommitted result
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--branch", branch, str(git_remote), str(clone)], check=True)
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
+                          text=True).stdout.strip() == commit
+    pulled = dvc(clone, "pull", env=training_env)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    status = dvc(clone, "status", env=training_env)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout  # no output missing
+    fused = f"models/{BACKBONE}/afd/fused.pt"
+    assert (clone / fused).read_bytes() == (project / fused).read_bytes()
+    assert version.tags["model_md5"] == hashlib.md5((clone / fused).read_bytes()).hexdigest()
+    assert json.loads((clone / "metrics" / "register" / f"{BACKBONE}.json").read_text())["version"] == receipt["version"]
 
 
 def test_the_gate_registers_and_the_device_worker_benchmarks_the_version(first_run, env):
@@ -234,10 +278,23 @@ def test_each_run_publishes_the_grid_and_efficiency_tables(first_run, env):
     assert "backbone + AFD (fused)" in artifacts["device-benchmark-efficientnet-lite0"].data
 
 
+def test_a_run_that_changes_nothing_runs_no_stage_and_registers_no_version(first_run, project, env, training_env):
+    client, name = registry(env), f"afd-{BACKBONE}"
+    versions_before = len(client.search_model_versions(f"name = '{name}'"))
+    head_before = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout
+    result, _ = run_retrain(project, training_env, device_timeout_s=60)
+    assert "FLOW_RUN_STATE COMPLETED" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    receipt = json.loads(result.stdout.split("RESULT ", 1)[1])[BACKBONE]
+    assert receipt["registered"] is False and receipt["version"] == first_run[BACKBONE]["version"]
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions_before
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout == head_before
+    assert "stages run: none" in result.stdout + result.stderr
+
+
 def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(first_run, project, env, training_env,
                                                                                  device_worker, dask_cluster):
-    """Also: the grid runs on the Dask scheduler named by `dask_address`, and unchanged cells come
-    from the cache."""
+    """A changed parameter retrains, and registers a new version; its benchmark request times out.
+    Also: the stages run on the Dask scheduler named by `dask_address`."""
     from mlflow.exceptions import MlflowException
 
     client, name = registry(env), f"afd-{BACKBONE}"
@@ -249,6 +306,9 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
             return None
 
     champion_before = champion()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profiles"]["default"]["iterations"] += 2  # a new model
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     device_worker.stop()
     timeout = 10
     result, _ = run_retrain(project, training_env, device_timeout_s=timeout, dask_address=dask_cluster)
@@ -256,11 +316,11 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
     assert "no worker of 'afd-device-benchmark/edge'" in result.stdout + result.stderr
 
     retrain_run = flow_runs(env, "afd-retrain")[-1]
-    runs = task_runs(env, retrain_run.id)
-    (benchmark,) = [run for run in runs if run.name.startswith("benchmark-on-device")]
+    (benchmark,) = [run for run in task_runs(env, retrain_run.id) if run.name.startswith("benchmark-on-device")]
     assert benchmark.state.is_failed() and benchmark.total_run_time.total_seconds() < timeout + 15
-    (register,) = [run for run in runs if run.name.startswith("register")]
-    assert register.state.is_completed()
+    pipeline_run = flow_runs(env, "afd-pipeline")[-1]
+    ran = {run.name: run for run in task_runs(env, pipeline_run.id)}
+    assert ran[f"register@{BACKBONE}"].state.is_completed()
     # the request is withdrawn, not left for a device to pick up later
     assert flow_runs(env, "afd-device-benchmark")[-1].state.is_cancelled()
     # both registered versions are kept; the champion is where the gate put it, untouched by the failure
@@ -270,14 +330,15 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
     expected = new.version if new.tags["gate.decision"].startswith("champion") else champion_before
     assert champion() == expected
     assert "device.afd.median_ms" not in new.tags and "device.afd.median_ms" in versions[0].tags
-    # nothing changed, so every grid cell came from the cache instead of being recomputed
-    grid_run = flow_runs(env, "afd-evaluation-grid")[-1]
-    assert {run.state.name for run in task_runs(env, grid_run.id)} == {"Cached"}
+    # the new version's commit holds the changed params.yaml with its results
+    committed = subprocess.run(["git", "show", f"{new.tags['git_commit']}:params.yaml"], cwd=project,
+                               capture_output=True, text=True, check=True).stdout
+    assert yaml.safe_load(committed)["profiles"]["default"]["iterations"] == params["profiles"]["default"]["iterations"]
     from distributed import Client
 
-    with Client(dask_cluster, timeout=30) as client:
-        ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert ran == ["evaluate_grid_cell"]  # the cells, and nothing else, went to the external cluster
+    with Client(dask_cluster, timeout=30) as dask:
+        prefixes = dask.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert prefixes == ["run_stage"]  # the stages, and nothing else, went to the external cluster
 
 
 def test_the_scheduler_queues_the_next_weekly_run(project, env):

@@ -1,10 +1,14 @@
 """Intervals over photos, paired differences, and the claims' verdicts (afd.significance, afd.report)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from afd.report import claims
 from afd.significance import PhotoBootstrap
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_views_of_one_photo_are_resampled_together():
@@ -42,8 +46,13 @@ def _images(agree: dict[str, dict[str, str]]) -> dict:
 
 
 def _result(methods: list[str]) -> dict:
+    """The parts of an evaluation record (afd.pipeline.evaluation_record) the claims read."""
+    from afd.methods import method_titles
+    from afd.params import load_params
+
     sets = ["clean", "jpeg_q25", "jpeg_q7", "multi_ct1", "multi_ct5"]
-    return {"methods": methods, "grid": {m: {s: {} for s in sets} for m in methods}}
+    return {"methods": methods, "grid": {m: {s: {} for s in sets} for m in methods},
+            "titles": method_titles(load_params(str(REPO / "params.yaml")), methods)}
 
 
 def test_claims_are_confirmed_refuted_or_not_confirmed_from_paired_outcomes():

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from afd.backbones import build_backbone
-from afd.compress import jpeg
+from afd.codecs import jpeg
 from afd.errors import ConfigError, TrainingError
-from afd.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, grid_metrics, set_family, set_level
+from afd.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, grid_metrics
 from afd.images import to_batch
 from afd.methods import Method
 from afd.samples import sample_photos
@@ -273,12 +273,6 @@ def test_metrics_without_labels_and_family_averages(backbone):
     expected = (grid["direct"]["jpeg_q10"]["kl"] + grid["direct"]["jpeg_q50"]["kl"]) / 2
     assert averages["jpeg"]["kl"] == pytest.approx(expected)
     assert grid["direct"]["jpeg_q10"]["kl"] > grid["direct"]["jpeg_q50"]["kl"]  # heavier JPEG drifts more
-
-
-def test_set_names():
-    assert (set_family("jpeg_q25"), set_level("jpeg_q25")) == ("jpeg", 25)
-    assert (set_family("multi_ct3"), set_level("multi_ct3")) == ("multi", 3)
-    assert set_family("clean") == "clean"
 
 
 def test_the_clean_reference_is_computed_once_per_image_and_only_reused_for_the_same_images(backbone):

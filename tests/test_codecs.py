@@ -3,13 +3,18 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from afd.compress import (
+import io
+
+from afd.codecs import (
+    CODECS,
     IMAGENET_C_JPEG_QUALITIES,
+    EvalSet,
     avif,
     degrade,
     imagenet_c_jpeg,
     jpeg,
     multi_compress,
+    set_family,
 )
 from afd.errors import ConfigError
 
@@ -87,5 +92,34 @@ def test_degrade_dispatches(photo):
     )
     assert degrade(photo, "multi", 3, seed=4).tobytes() == multi_compress(photo, 3, 4)[0].tobytes()
     assert degrade(photo, "avif", 10).tobytes() == avif(photo, 10).tobytes()
-    with pytest.raises(ConfigError, match="valid: jpeg, imagenet_c_jpeg"):
-        degrade(photo, "webp", 10)
+    with pytest.raises(ConfigError, match="unknown degradation 'jpeg2000'; valid: jpeg, multi, avif"):
+        degrade(photo, "jpeg2000", 10)
+
+
+# ---- the registry -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", list(CODECS.values()), ids=list(CODECS))
+def test_every_codec_writes_files_its_suffix_names_and_degrades_with_its_level(photo, codec):
+    light, heavy = codec.light_to_heavy([2, 25] if codec.harder_when_higher else [25, 7])[::1]
+    data, _ = codec.encode(photo, light, seed=3)
+    assert Image.open(io.BytesIO(data)).format.lower() in {".jpg": "jpeg", ".avif": "avif", ".webp": "webp"}[codec.suffix]
+    assert codec.encode(photo, light, seed=3)[0] == data  # deterministic
+    assert psnr(codec.degrade(photo, light, seed=3), photo) > psnr(codec.degrade(photo, heavy, seed=3), photo)
+
+
+def test_an_evaluation_set_is_a_codec_at_a_level_with_one_name():
+    for codec in CODECS.values():
+        for level in (1, 7, 25):
+            eval_set = codec.set(level)
+            assert EvalSet.parse(eval_set.name) == eval_set and set_family(eval_set.name) == codec.name
+    assert EvalSet("jpeg", 25).name == "jpeg_q25" and EvalSet("multi", 3).name == "multi_ct3"
+    assert set_family("clean") == "clean"
+    for wrong in ("clean", "jpeg_25", "jpeg_ct3", "png_q3", "jpeg_q", "jpeg_qx", ""):
+        with pytest.raises(ConfigError, match="not an evaluation set name"):
+            EvalSet.parse(wrong)
+
+
+def test_levels_are_ordered_from_light_to_heavy():
+    assert CODECS["jpeg"].light_to_heavy([7, 25, 15]) == [25, 15, 7]
+    assert CODECS["multi"].light_to_heavy([3, 1, 2]) == [1, 2, 3]

@@ -1,0 +1,272 @@
+"""What each stage of dvc.yaml does: one function per stage, called by its script in `stages/`
+(which only parses the command line). Each reads params.yaml (as a dict), writes the outputs
+dvc.yaml declares at the paths of `afd.layout`, and tracks itself in MLflow through
+`afd.tracking`; the Prefect flows run these stages through DVC, so there is one way to run a step.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_enhancer, save_enhancer
+from .codecs import CODECS, EvalSet
+from .data import (
+    copy_imagenet_c,
+    embedded_split,
+    folder_photos,
+    image_folder,
+    load_set,
+    make_compressed_sets,
+    make_eval_clean,
+    make_patches,
+)
+from .determinism import pin_cpu_numerics
+from .efficiency import count_parameters
+from .errors import ConfigError
+from .images import load_image, to_batch
+from .io import atomic_write_text, write_json
+from .layout import (
+    CHECKPOINTS,
+    EVAL,
+    METRICS,
+    PATCHES,
+    PLOTS,
+    REPORT,
+    backbone_from_params,
+    backbone_methods,
+    codec_sets,
+    eval_set,
+    fused_model,
+    patch_sets,
+    trained_model,
+)
+from .methods import Method
+from .params import training_profile
+from .tracking import lineage_tags, log_artifact, log_artifacts, log_metrics, tracked_run
+
+FUSE_VERIFY_IMAGES = 8  # real compressed evaluation images the fused module is checked on
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def make_patch_set(params: dict) -> str:
+    """DIV2K-C's clean patches: seeded random crops of the training photos."""
+    sources = params["sources"]
+    if sources["kind"] == "embedded":
+        photos, source = embedded_split(sources["embedded"]["train"], sources["embedded"]["eval"])[0], "embedded"
+    else:
+        photos, source = folder_photos(sources["train_dir"]), sources["train_dir"]
+    count = training_profile(params)["patch_count"]
+    out = PATCHES / "clean"
+    manifest = make_patches(photos, count, params["patches"]["size"], params["seed"], out, source)
+    return f"{out}: {count} patches from {source}, {len(manifest['skipped'])} files skipped"
+
+
+def compress_patches(params: dict) -> str:
+    """DIV2K-C: the clean patches as JPEG at each training quality (patches.qualities)."""
+    clean, sets = patch_sets(params)
+    out = codec_sets(PATCHES, "jpeg")
+    make_compressed_sets(clean, out, CODECS["jpeg"], params["patches"]["qualities"])
+    return f"{out}: {', '.join(sets)}"
+
+
+def make_eval_clean_set(params: dict) -> str:
+    """The clean evaluation images: ImageNet-C preprocessing of the eval folder, or the embedded
+    eval photos (several grid views each where sources.embedded.view_sizes asks)."""
+    sources = params["sources"]
+    if sources["kind"] == "embedded":
+        photos = embedded_split(sources["embedded"]["train"], sources["embedded"]["eval"])[1]
+        source, view_sizes = "embedded", sources["embedded"]["view_sizes"]
+    else:
+        photos, source, view_sizes = image_folder(sources["eval_dir"]), sources["eval_dir"], []
+    out = EVAL / "clean"
+    manifest = make_eval_clean(photos, out, view_sizes, sources["max_eval_images"], source)
+    labelled = sum(record["label"] is not None for record in manifest["images"])
+    return (f"{out}: {len(manifest['images'])} images ({labelled} labelled) from {source}, "
+            f"{len(manifest['skipped'])} files skipped")
+
+
+def compress_eval_sets(params: dict, codec_name: str) -> str:
+    """One codec's evaluation sets: the clean evaluation images at each of its levels
+    (eval_sets.<codec>), or for JPEG the released ImageNet-C files where sources.imagenet_c_dir
+    names them."""
+    if codec_name not in params["eval_sets"]:
+        raise ConfigError(f"params.yaml: eval_sets has no codec {codec_name!r}; it has {sorted(params['eval_sets'])}")
+    codec = CODECS[codec_name]
+    settings = dict(params["eval_sets"][codec_name])
+    levels = settings.pop("levels")
+    clean, out = EVAL / "clean", codec_sets(EVAL, codec_name)
+    imagenet_c_dir = params["sources"]["imagenet_c_dir"] if codec.imagenet_c_release else None
+    if imagenet_c_dir:
+        copy_imagenet_c(clean, out, levels, imagenet_c_dir)
+        return f"{out}: the released ImageNet-C files at {levels}"
+    make_compressed_sets(clean, out, codec, levels, params["seed"], **settings)
+    return f"{out}: {codec_name} at {levels}"
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+
+def train_method(params: dict, backbone_name: str, method_name: str) -> str:
+    """Train one method for one backbone on DIV2K-C and refuse it if it did not learn
+    (train.max_loss_ratio, train.min_alive_fraction): its model, loss curve and summary."""
+    from .train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
+
+    numerics = pin_cpu_numerics(params["numerics"]["threads"])
+    method = Method.from_params(method_name, params["methods"])
+    seed = params["seed"] + method.seed_offset
+    profile = training_profile(params)
+    config = TrainConfig.from_profile(profile, seed).with_lr_scale(method.lr_scale)
+    backbone, tap = backbone_from_params(params, backbone_name)
+    tap = method.tap_on(tap)
+    if not backbone.pretrained:
+        print(f"warning: {backbone_name} has random weights; its results mean nothing")
+    clean_dir, degraded_dirs = patch_sets(params)
+    data = PatchPairs.from_sets(clean_dir, degraded_dirs, profile["mix_clean"])
+    torch.manual_seed(seed)
+    module = method.build(backbone, tap, profile["afd_size"])
+    classifier = method.classifier(backbone, module, tap)
+    identity = {"name": f"{backbone_name}/{method_name}", "method": dataclasses.asdict(method), "tap": tap,
+                "weights": str(backbone.weights_file)}
+    tags = {**lineage_tags(backbone_name, backbone.weights_file, [clean_dir, *degraded_dirs.values()]),
+            "stage": "train", "method": method_name}
+    run_params = {"method": params["methods"][method_name], "profile": params["profile"],
+                  "training": dataclasses.asdict(config), "tap": tap, "mix_clean": profile["mix_clean"],
+                  "afd_size": profile["afd_size"], "numerics": numerics}
+    with tracked_run(f"train@{backbone_name}-{method_name}", run_params, tags):
+        result = train(classifier, module, method.loss, method.identity_loss, data, config,
+                       CHECKPOINTS / backbone_name / method_name / "state.pt", identity,
+                       on_log=lambda step, loss: log_metrics({"loss": loss}, step=step))
+        held_out = data.batch(config.iterations, config.seed, config.batch_size, config.crop)  # not trained on
+        alive = alive_fraction(module, lambda: method.loss(classifier.eval(), *held_out))
+        summary = {**result.summary(), "alive_fraction": alive, "lr": config.lr, "iterations": config.iterations}
+        log_metrics(summary)
+        # before any output is written: a method that did not learn must not reach the tables
+        check_learned(method_name, summary["loss_ratio"], alive, params["train"]["max_loss_ratio"],
+                      params["train"]["min_alive_fraction"])
+        meta = {"backbone": backbone_name, "tap": tap, "method": method_name, "iterations": config.iterations}
+        save_enhancer(module.eval(), trained_model(backbone_name, method_name), meta)
+        curve_path = PLOTS / "train" / backbone_name / f"{method_name}.csv"
+        curve = io.StringIO()
+        csv.writer(curve).writerows([("step", "loss", "identity"),
+                                     *((step, loss, identity) for (step, loss), (_, identity)
+                                       in zip(result.losses, result.identity_losses))])
+        atomic_write_text(curve_path, curve.getvalue())
+        write_json(METRICS / "train" / backbone_name / f"{method_name}.json", summary)
+        log_artifact(curve_path)
+    return (f"{backbone_name}/{method_name}: loss {summary['first_loss']:.4g} -> {summary['final_loss']:.4g} "
+            f"(first and last tenth), {summary['loss_ratio']:.3f} of doing nothing's, {alive:.0%} of channels "
+            f"alive, in {result.seconds:.0f} s (resumed from step {result.resumed_from})")
+
+
+def fuse_method(params: dict, backbone_name: str, method_name: str) -> str:
+    """Fuse a trained method's RepConv blocks into single convolutions, checked on the features
+    of real compressed evaluation images (fuse.verify_set); the difference goes to metrics/fuse/."""
+    from .fusing import fuse_and_verify
+
+    pin_cpu_numerics(params["numerics"]["threads"])
+    if not Method.from_params(method_name, params["methods"]).fusable:
+        raise ConfigError(f"params.yaml: fuse lists {method_name!r}, which has no RepConv to fuse")
+    source = trained_model(backbone_name, method_name)
+    module, meta = load_enhancer(source)
+    backbone, _ = backbone_from_params(params, backbone_name)
+    verify_set = eval_set(EvalSet(**params["fuse"]["verify_set"]).name)  # an evaluation set: params.py checks
+    files = load_set(verify_set)[:FUSE_VERIFY_IMAGES]
+    images = to_batch([load_image(path) for _, path in files])
+    with torch.no_grad():
+        feature = backbone.forward_to_tap(images, meta["tap"])
+    fused, max_abs_diff = fuse_and_verify(module, feature, images, source=source)
+    save_enhancer(fused, fused_model(backbone_name, method_name), {**meta, "fuse_max_abs_diff": max_abs_diff})
+    summary = {"max_abs_diff": max_abs_diff, "verified_on_images": len(files),
+               "params_trained": count_parameters(module), "params_fused": count_parameters(fused)}
+    write_json(METRICS / "fuse" / backbone_name / f"{method_name}.json", summary)
+    tags = {**lineage_tags(backbone_name, backbone.weights_file, [source, verify_set]),
+            "stage": "fuse", "method": method_name}
+    with tracked_run(f"fuse@{backbone_name}-{method_name}", {"verify_set": verify_set.name}, tags):
+        log_metrics(summary)
+    return f"{backbone_name}/{method_name}: fused, max |fused - trained| = {max_abs_diff:.2e} on {len(files)} images"
+
+
+# ---- evaluation, registration, efficiency, report -----------------------------------------------
+
+
+def evaluate(params: dict, backbone_name: str) -> str:
+    """The grid method x set of one backbone: metrics/eval/<backbone>.json (means and averages)
+    and .images.json (per-image outcomes), logged to MLflow."""
+    from .pipeline import evaluate_backbone, evaluation_record, image_outcomes, log_evaluation, trained_methods
+
+    pin_cpu_numerics(params["numerics"]["threads"])
+    trained = trained_methods(params, backbone_name)
+    outcomes = evaluate_backbone(params, trained)
+    record = evaluation_record(params, trained, outcomes)
+    write_json(METRICS / "eval" / f"{backbone_name}.images.json", image_outcomes(params, outcomes))
+    write_json(METRICS / "eval" / f"{backbone_name}.json", record)
+    log_evaluation(params, trained, record)
+    return f"{backbone_name}: {len(record['methods'])} methods x {len(record['grid']['direct'])} sets evaluated"
+
+
+def register(params: dict, backbone_name: str) -> str:
+    """Register backbone + fused AFD as afd-<backbone> with its deploy exports, and gate it on
+    its evaluation (metrics/eval/<backbone>.json): metrics/register/<backbone>.json."""
+    from .pipeline import register_backbone
+
+    pin_cpu_numerics(params["numerics"]["threads"])
+    evaluation = json.loads((METRICS / "eval" / f"{backbone_name}.json").read_text())
+    receipt = register_backbone(params, backbone_name, evaluation)
+    write_json(METRICS / "register" / f"{backbone_name}.json", receipt)
+    return f"{receipt['name']} version {receipt['version']}: {receipt['alias']} ({receipt['reason']})"
+
+
+def measure_efficiency(params: dict) -> str:
+    """Table VII at each of efficiency.backbones' taps, measured in one run: metrics/efficiency.json.
+    The modules are built fresh: size and speed depend on the architecture, not on trained weights."""
+    from .benchmark import compare_efficiency, efficiency_ratios
+    from .tracking import git_commit
+
+    settings = params["efficiency"]
+    results = {}
+    for name in settings["backbones"]:
+        _, tap = backbone_from_params(params, name)
+        weights = params["backbones"][name].get("weights")
+        rows = compare_efficiency(name, tap, weights, threads=settings["threads"], warmup=settings["warmup"],
+                                  repeats=settings["repeats"], progress=lambda names: print(f"timing {names}"))
+        results[name] = {
+            "setup": (f"One random 224x224 image, {settings['threads']} thread(s), channels-last, "
+                      f"{settings['warmup']} warm-up runs, {settings['repeats']} interleaved repeats, "
+                      f"on {platform.processor() or platform.machine()} with torch {torch.__version__}."),
+            "rows": [row.to_dict() for row in rows],
+            "ratios": efficiency_ratios(rows),
+        }
+    write_json(METRICS / "efficiency.json", results)
+    with tracked_run("efficiency", settings, {"stage": "efficiency", "git_commit": git_commit()}):
+        for name, measured in results.items():
+            log_metrics({f"{name}.{key}": value for key, value in measured["ratios"].items()})
+            for row in measured["rows"]:
+                log_metrics({f"{name}.{row['role']}.{key}": row[key] for key in ("params", "macs", "median_ms", "p90_ms")})
+    return f"{METRICS / 'efficiency.json'}: {', '.join(results)}"
+
+
+def report(params: dict) -> str:
+    """The Markdown report and its figures (reports/) from the metrics of every backbone."""
+    from .report import write_report
+    from .tracking import git_commit
+
+    backbones = params["train"]["backbones"]
+    results = [json.loads((METRICS / "eval" / f"{name}.json").read_text()) for name in backbones]
+    images = {name: json.loads((METRICS / "eval" / f"{name}.images.json").read_text()) for name in backbones}
+    training = {backbone: {method: json.loads((METRICS / "train" / backbone / f"{method}.json").read_text())
+                           for method in backbone_methods(params, backbone)} for backbone in backbones}
+    efficiency = json.loads((METRICS / "efficiency.json").read_text())
+    write_report(results, images, training, efficiency, REPORT, REPORT.parent / "figures")
+    with tracked_run("report", tags={"stage": "report", "git_commit": git_commit()}):
+        log_artifacts(REPORT.parent, "report")
+    return f"{REPORT}: written"
+
