@@ -124,6 +124,17 @@ def avif(img: Image.Image, quality: int) -> Image.Image:
     return _decode(encode_avif(img, quality))
 
 
+# libwebp's lossy encoder, its settings pinned: Pillow's default method (speed/size trade-off) and
+# no "exact" (which would keep the RGB of transparent pixels: our images have none).
+_WEBP_SETTINGS = dict(method=4, lossless=False, exact=False)
+
+
+def encode_webp(img: Image.Image, quality: int) -> bytes:
+    """Lossy WebP file bytes from Pillow (libwebp, settings pinned) at `quality`."""
+    _check_quality(quality)
+    return _encode(img, format="WEBP", quality=quality, **_WEBP_SETTINGS)
+
+
 # ---- the registry -------------------------------------------------------------------------------
 
 Quality = Annotated[StrictInt, Field(ge=1, le=100)]
@@ -193,12 +204,17 @@ def _avif(img, level, seed) -> Encoded:
     return encode_avif(img, level), None
 
 
+def _webp(img, level, seed) -> Encoded:
+    return encode_webp(img, level), None
+
+
 CODECS: dict[str, Codec] = {codec.name: codec for codec in (
     Codec("jpeg", ".jpg", "q", "QF", "JPEG quality factor", "Table V: ImageNet-C-style JPEG", _jpeg,
           JpegSettings, imagenet_c_release=True),
     Codec("multi", ".jpg", "ct", "CT", "compression times (CT)", "Table VI: multiple JPEG compression", _multi,
           MultiSettings, harder_when_higher=True),
     Codec("avif", ".avif", "q", "quality", "AVIF quality", "Table IX: AVIF", _avif),
+    Codec("webp", ".webp", "q", "quality", "WebP quality", "WebP (beyond the paper)", _webp),
 )}
 CLEAN = "clean"  # the uncompressed evaluation set, next to which every compressed set is read
 

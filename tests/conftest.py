@@ -28,7 +28,8 @@ def tiny_params() -> dict:
     params["sources"]["embedded"].update(train=["astronaut", "china", "flower"], eval=["coffee"], view_sizes=[256])
     params["patches"]["qualities"] = [25, 7]
     params["eval_sets"] = {"jpeg": {"levels": [25, 7], "resave_q85": False},
-                           "multi": {"levels": [2], "qualities": [25, 7]}, "avif": {"levels": [25]}}
+                           "multi": {"levels": [2], "qualities": [25, 7]}, "avif": {"levels": [25]},
+                           "webp": {"levels": [25]}}
     params["train"].update(backbones=[BACKBONE], methods=["afd"], study_backbone=BACKBONE,
                            study_methods=["arcnn", "afd_tap_stage2"])
     params["fuse"].update(methods=["afd"], study_methods=["afd_tap_stage2"])

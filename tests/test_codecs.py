@@ -11,6 +11,7 @@ from afd.codecs import (
     EvalSet,
     avif,
     degrade,
+    encode_webp,
     imagenet_c_jpeg,
     jpeg,
     multi_compress,
@@ -118,6 +119,15 @@ def test_an_evaluation_set_is_a_codec_at_a_level_with_one_name():
     for wrong in ("clean", "jpeg_25", "jpeg_ct3", "png_q3", "jpeg_q", "jpeg_qx", ""):
         with pytest.raises(ConfigError, match="not an evaluation set name"):
             EvalSet.parse(wrong)
+
+
+def test_webp_sets_hold_real_lossy_webp_files(photo):
+    data, drawn = CODECS["webp"].encode(photo, 25)
+    assert data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8 " and drawn is None  # lossy VP8, not VP8L
+    assert data == encode_webp(photo, 25) and len(encode_webp(photo, 7)) < len(data)
+    for quality in (0, 101, 2.5):
+        with pytest.raises(ConfigError, match="quality"):
+            encode_webp(photo, quality)
 
 
 def test_levels_are_ordered_from_light_to_heavy():

@@ -105,10 +105,10 @@ def test_the_grid_covers_every_method_and_set(repo):
     result = metrics(repo)
     assert result["methods"] == ["direct", "afd", "arcnn", "afd_tap_stage2"]
     assert result["taps"] == {"direct": "stem", "afd": "stem", "arcnn": "stem", "afd_tap_stage2": "stage2"}
-    sets = {"clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q25"}
+    sets = {"clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q25", "webp_q25"}
     for method in ("direct", "afd"):  # the headline methods: every set
         assert set(result["grid"][method]) == sets
-        assert set(result["averages"][method]) == {"jpeg", "multi", "avif"}
+        assert set(result["averages"][method]) == {"jpeg", "multi", "avif", "webp"}
     for method in ("arcnn", "afd_tap_stage2"):  # the study methods: clean and evaluate.study_families (JPEG)
         assert set(result["grid"][method]) == {"clean", "jpeg_q25", "jpeg_q7"}
         assert set(result["averages"][method]) == {"jpeg"}
@@ -140,6 +140,7 @@ def test_efficiency_report_and_plots_are_written(repo):
     assert "5 images (several 224 views each) of 1 real photos shipped in PyPI packages (1 from scikit-image" in report
     assert "from 1 photos" in report and "bootstrap over photos" in report
     assert "| QF | DirectTest | AFD |" in report and "| CT | DirectTest | AFD |" in report
+    assert "### WebP (beyond the paper), " in report and (repo / "reports" / "figures" / f"{BACKBONE}_webp_agreement.png").is_file()
     assert "The paper's claims on this data" in report and "AFD > DirectTest at JPEG QF 7: **" in report
     assert any((repo / "reports" / "figures").glob("*.png"))
     curve = (repo / "plots" / "train" / BACKBONE / "afd.csv").read_text().splitlines()
@@ -536,6 +537,6 @@ def test_repro_is_incremental(repo):
     rerun = dvc(repo, "repro", f"evaluate@{BACKBONE}")
     assert rerun.returncode == 0, rerun.stderr
     assert ran_stages(rerun) == {"eval_sets@avif", f"evaluate@{BACKBONE}"}
-    assert set(metrics(repo)["grid"]["direct"]) == {"clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q20"}
+    assert set(metrics(repo)["grid"]["direct"]) == {"clean", "jpeg_q25", "jpeg_q7", "multi_ct2", "avif_q20", "webp_q25"}
     stale = {line.rstrip(":") for line in dvc(repo, "status").stdout.splitlines() if line and not line[0].isspace()}
     assert stale == {f"register@{BACKBONE}", "report"}
