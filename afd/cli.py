@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import typer
 
-from .errors import AFDError, ConfigError, display_name
+from afd.errors import AFDError, ConfigError, display_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -51,10 +51,10 @@ def classify(
     """Print the top-k ImageNet classes of each image, one image at a time."""
     from timm.data import ImageNetInfo
 
-    from .images import classifier_input, load_image, to_tensor
+    from afd.data.images import classifier_input, load_image, to_tensor
 
     if model:
-        from .registry import load_registered
+        from afd.ops.registry import load_registered
 
         classifier = load_registered(model)
     else:
@@ -80,9 +80,9 @@ def classify(
 
 
 def _local_classifier(backbone: str, weights: str | None, enhancer: Path | None, tap: str | None):
-    from .backbones import build_backbone
-    from .checkpoint import load_enhancer
-    from .classifier import EnhancedClassifier
+    from afd.model.backbones import build_backbone
+    from afd.model.checkpoint import load_enhancer
+    from afd.model.classifier import EnhancedClassifier
 
     module, meta = load_enhancer(enhancer) if enhancer else (None, {})
     if meta.get("backbone", backbone) != backbone:
@@ -103,8 +103,8 @@ def fuse(
     output: Path = typer.Argument(..., help="Where to write the fused checkpoint."),
 ):
     """Re-parameterize a trained AFD-Module into its deploy form and check it is equivalent."""
-    from .checkpoint import load_enhancer, save_enhancer
-    from .fusing import fuse_and_verify
+    from afd.model.checkpoint import load_enhancer, save_enhancer
+    from afd.model.fusing import fuse_and_verify
 
     module, meta = load_enhancer(checkpoint)
     fused, max_abs_diff = fuse_and_verify(module, source=checkpoint)
@@ -117,14 +117,14 @@ def fuse(
 def degrade(
     image: Path = typer.Argument(..., help="Input image."),
     output: Path = typer.Argument(..., help="Output PNG (lossless, so only the degradation shows)."),
-    kind: str = typer.Option("jpeg", help="A codec of afd/codecs.py (jpeg, multi, avif, ...), or imagenet_c_jpeg[_q85] (level: severity 1-5)."),
+    kind: str = typer.Option("jpeg", help="A codec of afd/data/codecs.py (jpeg, multi, avif, ...), or imagenet_c_jpeg[_q85] (level: severity 1-5)."),
     level: int = typer.Option(10, help="The codec's level: a quality, or the rounds of multi."),
     seed: int = typer.Option(0, help="Seed of the qualities drawn by multi."),
 ):
     """Apply one of the data sets' degradations to an image."""
-    from .codecs import degrade as apply_degradation
-    from .images import load_image
-    from .io import atomic_path
+    from afd.data.codecs import degrade as apply_degradation
+    from afd.data.images import load_image
+    from afd.io import atomic_path
 
     degraded = apply_degradation(load_image(image), kind, level, seed)
     with atomic_path(output) as tmp:
@@ -144,8 +144,8 @@ def efficiency(
     repeats: int = typer.Option(10, min=1),
 ):
     """Params, MACs and CPU latency of the backbone, AFD (unfused and fused), DDP and ARCNN."""
-    from .benchmark import compare_efficiency, efficiency_ratios, format_table
-    from .checkpoint import load_enhancer
+    from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
+    from afd.model.checkpoint import load_enhancer
 
     afd = load_enhancer(enhancer)[0] if enhancer else None
     try:

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 import yaml
 
-from .errors import OutputError, display_name, first_line
+from afd.errors import OutputError, display_name, first_line
 
 # libyaml's parser where PyYAML was built with it: dvc.lock grows to ~100 KB, which the
 # pure-Python parser takes over a second to read in every stage.

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from afd.images import load_image
-from afd.samples import sample_photos
+from afd.data.images import load_image
+from afd.data.samples import sample_photos
 
 PEAK_RSS = """
 import resource, sys

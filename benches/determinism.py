@@ -1,5 +1,5 @@
 """How much training depends on the CPU's code paths and core count, with and without
-`afd.determinism.pin_cpu_numerics`.
+`afd.model.determinism.pin_cpu_numerics`.
 
 Trains one method (default: AFD on EfficientNet-Lite0, the default profile's settings, on the
 DIV2K-C patches that `dvc repro` made) in a fresh process per setting. The settings stand in for
@@ -29,11 +29,11 @@ SETTINGS = {  # what differs between CPU models, as this machine can show it
 
 TRAIN = """
 import hashlib, json, sys, torch
-from afd.determinism import pin_cpu_numerics
-from afd.layout import backbone_from_params, patch_sets
-from afd.methods import Method
-from afd.params import load_params, training_profile
-from afd.train import PatchPairs, TrainConfig, train
+from afd.model.determinism import pin_cpu_numerics
+from afd.ops.layout import backbone_from_params, patch_sets
+from afd.model.methods import Method
+from afd.ops.params import load_params, training_profile
+from afd.model.train import PatchPairs, TrainConfig, train
 params = load_params("params.yaml")
 method_name, iterations, pinned = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "pinned"
 if pinned:

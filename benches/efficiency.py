@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from afd.benchmark import compare_efficiency, efficiency_ratios, format_table
+from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
 
 TARGETS = {
     "fusing_speedup": (">=", 2.0, "fusing makes AFD at least 2x faster"),

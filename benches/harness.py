@@ -1,8 +1,8 @@
 """What the training and evaluation harness costs over the models themselves, measured in one run.
 
-Training: steps per second of `afd.train.train` (batch drawing, the loss, doing nothing's loss,
+Training: steps per second of `afd.model.train.train` (batch drawing, the loss, doing nothing's loss,
 logging, checkpointing) against the same model's pure forward + backward + Adam step on batches
-prepared beforehand. Evaluation: images per second of `afd.evaluate.evaluate_set` (reading the set
+prepared beforehand. Evaluation: images per second of `afd.model.evaluate.evaluate_set` (reading the set
 from disk, the clean reference, the metrics) against the pure forward passes it needs on tensors
 in memory. Needs the data of `dvc repro` (data/div2k_c, data/eval). Prints the ratios.
 
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from afd.classifier import EnhancedClassifier
-from afd.determinism import pin_cpu_numerics
-from afd.layout import backbone_from_params, patch_sets
-from afd.methods import DIRECT_TEST, Method
-from afd.params import load_params, training_profile
-from afd.pipeline import evaluation_sets
-from afd.train import PatchPairs, TrainConfig, train
+from afd.model.classifier import EnhancedClassifier
+from afd.model.determinism import pin_cpu_numerics
+from afd.ops.layout import backbone_from_params, patch_sets
+from afd.model.methods import DIRECT_TEST, Method
+from afd.ops.params import load_params, training_profile
+from afd.ops.pipeline import evaluation_sets
+from afd.model.train import PatchPairs, TrainConfig, train
 
 
 def training(params: dict, method: Method, steps: int) -> tuple[float, float]:
@@ -61,10 +61,10 @@ def training(params: dict, method: Method, steps: int) -> tuple[float, float]:
 
 def evaluation(params: dict, method: Method, set_name: str) -> tuple[float, float]:
     """(harness seconds per image, pure seconds per image) for DirectTest + `method` on one set."""
-    from afd.evaluate import evaluate_set
+    from afd.model.evaluate import evaluate_set
 
     backbone, tap = backbone_from_params(params, "efficientnet_lite0")
-    backbone.to_inference_form()  # as the evaluate stage runs it (afd.pipeline.trained_methods)
+    backbone.to_inference_form()  # as the evaluate stage runs it (afd.ops.pipeline.trained_methods)
     module = method.build(backbone, method.tap_on(tap)).eval()
     models = {DIRECT_TEST: EnhancedClassifier(backbone, None, tap).eval(),
               method.name: method.classifier(backbone, module, method.tap_on(tap)).eval()}

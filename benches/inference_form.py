@@ -5,7 +5,7 @@ folded and the stride-2 "same" convolutions without a padded copy: what the eval
 in one run, with the predictions compared.
 
 PyTorch: random 224x224 images in a batch of 20 (the evaluate stage's default), pinned CPU numerics
-and `numerics.threads`, channels-last, as `afd.evaluate` runs. ExecuTorch: each form lowered to
+and `numerics.threads`, channels-last, as `afd.model.evaluate` runs. ExecuTorch: each form lowered to
 XNNPACK, batch 1, one thread (as the device benchmark), interleaved repeats, median.
 
     python benches/inference_form.py [--repeats 10]
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from afd.backbones import EFFICIENTNET_LITE_VARIANTS, build_backbone
-from afd.determinism import pin_cpu_numerics
-from afd.export import executorch_threads, export_executorch, load_executorch
-from afd.params import load_params
+from afd.model.backbones import EFFICIENTNET_LITE_VARIANTS, build_backbone
+from afd.model.determinism import pin_cpu_numerics
+from afd.ops.export import executorch_threads, export_executorch, load_executorch
+from afd.ops.params import load_params
 
 FORMS = ("as built", "BN folded", "inference form")
 

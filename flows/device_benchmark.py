@@ -14,8 +14,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from afd.benchmark import device_ratios, format_table
-from afd.device import device_description, fetch_programs, record_results, resolve_version, run_benchmark
+from afd.ops.benchmark import device_ratios, format_table
+from afd.ops.device import device_description, fetch_programs, record_results, resolve_version, run_benchmark
 from flows.retries import TRANSIENT_RETRIES
 
 

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from afd.device import DEVICE_TAG, resolve_version
+from afd.ops.device import DEVICE_TAG, resolve_version
 from afd.errors import AFDError, ConfigError
 from flows.dag import Stage, needed_for, read_pipeline
 from flows.tasks import (
@@ -54,7 +54,7 @@ def stage_task_runner(dask_address: str | None):
     """Dask for the stages: the scheduler at `dask_address`, else a local cluster."""
     from prefect_dask import DaskTaskRunner
 
-    from afd.params import load_params
+    from afd.ops.params import load_params
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)

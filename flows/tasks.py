@@ -22,10 +22,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from afd.benchmark import format_table
+from afd.ops.benchmark import format_table
 from afd.errors import AFDError
-from afd.layout import METRICS
-from afd.report import grid_summary
+from afd.ops.layout import METRICS
+from afd.ops.report import grid_summary
 from flows.dag import Stage
 from flows.retries import TRANSIENT_RETRIES
 
@@ -164,7 +164,7 @@ def _git_identity() -> bool:
 @task(name="record-lineage", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def record_lineage(receipts: dict[str, dict], published: dict) -> None:
     """Point each version registered by this run at the commit that holds its results."""
-    from afd.registry import set_lineage_commit
+    from afd.ops.registry import set_lineage_commit
 
     for receipt in receipts.values():
         if receipt.get("registered"):

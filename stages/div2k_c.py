@@ -1,6 +1,6 @@
 """DIV2K-C: the clean patches as JPEG at each training quality (params: patches.qualities)."""
 
-from afd import steps
+from afd.ops import steps
 from stage import run_step
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Clean evaluation images: ImageNet-C preprocessing of the eval folder, or grid views of each
 embedded eval photo (params: sources)."""
 
-from afd import steps
+from afd.ops import steps
 from stage import run_step
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One codec's evaluation sets: the clean evaluation images at each of its levels (params: seed,
 eval_sets.<codec>, sources.imagenet_c_dir)."""
 
-from afd import steps
+from afd.ops import steps
 from stage import run_step
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Evaluate the grid method x set for one backbone: DirectTest and every trained method on the
 clean set and each codec's sets (params: eval_sets, train.methods, evaluate)."""
 
-from afd import steps
+from afd.ops import steps
 from stage import run_step
 
 if __name__ == "__main__":

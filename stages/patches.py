@@ -1,7 +1,7 @@
 """DIV2K-C clean patches: seeded random crops of the training photos (params: sources, patches.size,
 seed, and the profile's patch_count)."""
 
-from afd import steps
+from afd.ops import steps
 from stage import run_step
 
 if __name__ == "__main__":

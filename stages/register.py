@@ -2,7 +2,7 @@
 in the MLflow model registry with its checked deploy exports, then apply the promotion gate
 (params: backbones.<backbone>, register)."""
 
-from afd import steps
+from afd.ops import steps
 from stage import run_step
 
 if __name__ == "__main__":

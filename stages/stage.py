@@ -1,7 +1,7 @@
 """What every stage script shares: its command line, its error exit, and the dependency audit.
 
 A stage script is its docstring and one line, `run_step(__doc__, steps.<step>, <arguments>)`: the
-step itself (in `afd.steps`) does the work, so the scripts hold no logic."""
+step itself (in `afd.ops.steps`) does the work, so the scripts hold no logic."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable
 
 from afd.errors import AFDError
 from afd.io import write_json
-from afd.params import load_params, used_keys
+from afd.ops.params import load_params, used_keys
 
 PROJECT = Path(__file__).resolve().parents[1]
 # Set to a folder, each stage run writes there the params.yaml keys and project modules it used,

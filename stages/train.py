@@ -2,7 +2,7 @@
 profile, methods.<method>, train.max_loss_ratio, train.min_alive_fraction). A killed run resumes
 from checkpoints/<backbone>/<method>/state.pt when re-run."""
 
-from afd import steps
+from afd.ops import steps
 from stage import run_step
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from afd.afd_module import AFDConfig, AFDModule, FDENet, fill_blocks
-from afd.baselines import ARCNN, DDPEnhancer
-from afd.checkpoint import load_enhancer, save_enhancer
-from afd.dct import BlockDCT, ImageBlocks, ShuffledBlockDCT
-from afd.efficiency import count_macs, count_parameters
+from afd.model.afd_module import AFDConfig, AFDModule, FDENet, fill_blocks
+from afd.model.baselines import ARCNN, DDPEnhancer
+from afd.model.checkpoint import load_enhancer, save_enhancer
+from afd.model.dct import BlockDCT, ImageBlocks, ShuffledBlockDCT
+from afd.model.efficiency import count_macs, count_parameters
 from afd.errors import AFDError, ConfigError, WeightsNotFoundError
-from afd.repconv import RepConv, is_reparameterized, reparameterize
+from afd.model.repconv import RepConv, is_reparameterized, reparameterize
 
 
 def trained_like(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -119,7 +119,7 @@ def test_wrong_feature_channels_and_off_grid_features_are_clear_errors():
 
 def test_baselines_shapes_sizes_and_identity_at_start():
     images = torch.rand(1, 3, 32, 32)
-    arcnn = ARCNN()  # its last layer starts near zero, not at zero (afd/baselines.py)
+    arcnn = ARCNN()  # its last layer starts near zero, not at zero (afd/model/baselines.py)
     assert not torch.equal(arcnn(images), images) and torch.allclose(arcnn(images), images, atol=1e-2)
     assert 100_000 < count_parameters(arcnn) < 130_000  # paper Table VII: 0.12 M
     feature = torch.randn(1, 64, 16, 16)

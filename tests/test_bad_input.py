@@ -15,7 +15,7 @@ import pillow_avif  # noqa: F401  (registers AVIF with Pillow)
 import pytest
 from PIL import Image
 
-from afd.data import folder_photos, make_patches
+from afd.data.sets import folder_photos, make_patches
 
 OK = "ok"
 

@@ -5,7 +5,7 @@ from skimage import data
 
 import io
 
-from afd.codecs import (
+from afd.data.codecs import (
     CODECS,
     IMAGENET_C_JPEG_QUALITIES,
     EvalSet,

@@ -16,8 +16,8 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
-from afd.codecs import CODECS, encode_jpeg
-from afd.data import (
+from afd.data.codecs import CODECS, encode_jpeg
+from afd.data.sets import (
     PairedImages,
     copy_imagenet_c,
     embedded_split,
@@ -32,9 +32,9 @@ from afd.data import (
     read_image,
 )
 from afd.errors import AFDError, ConfigError, ImageLoadError
-from afd.images import load_image
-from afd.params import load_params
-from afd.samples import COLLECTIONS, embedded_photos
+from afd.data.images import load_image
+from afd.ops.params import load_params
+from afd.data.samples import COLLECTIONS, embedded_photos
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_PHOTOS = ["chelsea", "coffee", "grace_hopper", "rocket"]
@@ -228,7 +228,7 @@ def test_bad_files_are_skipped_and_odd_modes_converted(tmp_path, messy_folder, c
         "cut.jpg", "empty.png", "good.jpg", "notes.JPG", "small.png",
         "sub/cmyk.jpg", "sub/deep.png", "sub/gray.png",
     ]
-    with caplog.at_level(logging.INFO, logger="afd.data"):
+    with caplog.at_level(logging.INFO, logger="afd.data.sets"):
         manifest = make_patches(folder_photos(str(messy_folder)), 8, 224, 0, tmp_path / "out",
                                 str(messy_folder))
     reasons = {s["file"]: s["reason"] for s in manifest["skipped"]}
@@ -343,7 +343,7 @@ def test_image_folder_labels_are_imagenet_indices_of_the_wnids_whichever_are_pre
     # A folder that is no ImageNet-1k wnid: the set is unlabelled, said once, never mislabelled.
     (root / "cats").mkdir()
     photo.save(root / "cats" / "c.JPEG")
-    with caplog.at_level(logging.WARNING, logger="afd.data"):
+    with caplog.at_level(logging.WARNING, logger="afd.data.sets"):
         assert [p.label for p in image_folder(str(root))] == [None, None, None]
     assert "folder cats is not an ImageNet-1k wnid" in caplog.text
 
@@ -539,8 +539,8 @@ def test_stage_errors_exit_2_naming_the_key(tmp_path, monkeypatch, capsys):
 def test_no_training_photo_shares_content_with_an_evaluation_photo(tmp_path):
     """By content, not by name: no default training photo is an evaluation photo, or a crop, a
     rescale or a re-encode of one. Two such copies, added to the training side, are what it finds."""
-    from afd.data import Photo
-    from afd.overlap import shared_content
+    from afd.data.sets import Photo
+    from afd.data.overlap import shared_content
 
     embedded = load_params(REPO / "params.yaml")["sources"]["embedded"]
     train, evaluation = embedded_split(embedded["train"], embedded["eval"])

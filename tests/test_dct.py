@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.fft import dctn
 
-from afd.dct import (
+from afd.model.dct import (
     BlockDCT,
     ImageBlocks,
     ShuffledBlockDCT,

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from afd.benchmark import compare_efficiency, efficiency_ratios, format_table
-from afd.efficiency import count_macs, count_parameters, measure_latency
+from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
+from afd.model.efficiency import count_macs, count_parameters, measure_latency
 
 
 def test_macs_of_a_conv_are_counted_exactly():
@@ -14,7 +14,7 @@ def test_macs_of_a_conv_are_counted_exactly():
 
 
 def test_macs_of_resnet50_match_the_paper():
-    from afd.backbones import build_backbone
+    from afd.model.backbones import build_backbone
 
     macs = count_macs(build_backbone("resnet50", "random"), (torch.rand(1, 3, 224, 224),))
     assert macs / 1e9 == pytest.approx(4.1, abs=0.05)  # the paper's Table VII: 4.12 G "FLOPs"
@@ -22,8 +22,8 @@ def test_macs_of_resnet50_match_the_paper():
 
 def test_the_paper_size_module_costs_what_the_paper_gives_at_resnet50s_tap():
     """Table VII: 0.11 M parameters and 0.36 GMACs, fused, on ResNet-50's D2 feature (64 x 112 x 112)."""
-    from afd.afd_module import AFD_SIZES, AFDConfig, AFDModule
-    from afd.repconv import reparameterize
+    from afd.model.afd_module import AFD_SIZES, AFDConfig, AFDModule
+    from afd.model.repconv import reparameterize
 
     inputs = (torch.rand(1, 64, 112, 112), torch.rand(1, 3, 224, 224))
     paper = reparameterize(AFDModule(AFDConfig(feature_channels=64, widths=AFD_SIZES["paper"]))).eval()
@@ -63,8 +63,8 @@ def test_efficiency_comparison_has_every_method_and_consistent_ratios():
 def test_device_benchmark_lowers_a_dynamic_batch_program_at_the_example_shape_and_times_it(tmp_path):
     """Registered programs keep a dynamic batch dimension; the device benchmark fixes it at batch 1
     and times each program with methods loaded under its own thread pool, repeatedly."""
-    from afd.benchmark import benchmark_executorch
-    from afd.export import static_program
+    from afd.ops.benchmark import benchmark_executorch
+    from afd.ops.export import static_program
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
     batch = torch.export.Dim("batch", min=2)

@@ -10,9 +10,9 @@ from PIL import Image, ImageFile
 from skimage import data
 from torchvision import transforms
 
-import afd.images
+import afd.data.images
 from afd.errors import ConfigError, ImageLoadError, display_name
-from afd.images import (
+from afd.data.images import (
     classifier_input,
     load_image,
     random_crop,
@@ -21,7 +21,7 @@ from afd.images import (
     to_pil,
     to_tensor,
 )
-from afd.samples import sample_photos
+from afd.data.samples import sample_photos
 
 
 def _save(img: Image.Image, path, **kw):
@@ -143,7 +143,7 @@ def test_permission_denied(tmp_path, monkeypatch):
         def open(self, path, flags, mode=0o777):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(afd.images, "os", DeniedOS())
+    monkeypatch.setattr(afd.data.images, "os", DeniedOS())
     assert "permission denied" in _load_error(tmp_path / "x.jpg")
 
 
@@ -190,8 +190,8 @@ def test_png_with_broken_header_crc(tmp_path, png_bytes):
 @pytest.fixture
 def small_limits(monkeypatch):
     """The decoding limits scaled down to 1,000 / 2,000 pixels, so tiny files exercise them."""
-    monkeypatch.setattr(afd.images, "MAX_DECODED_PIXELS", 1000)
-    monkeypatch.setattr(afd.images, "MAX_DECLARED_PIXELS", 2000)
+    monkeypatch.setattr(afd.data.images, "MAX_DECODED_PIXELS", 1000)
+    monkeypatch.setattr(afd.data.images, "MAX_DECLARED_PIXELS", 2000)
 
 
 def test_an_image_over_the_decoding_limit_is_refused_unless_it_is_a_jpeg(tmp_path, small_limits):
@@ -311,7 +311,7 @@ def test_sample_photos():
 
 
 def test_center_crop_stays_on_the_16_pixel_grid_and_refuses_small_images():
-    from afd.images import center_crop
+    from afd.data.images import center_crop
 
     img = Image.new("RGB", (300, 250))
     img.putpixel((32, 0), (255, 0, 0))  # (300-224)/2 = 38 -> 32 on the grid; (250-224)/2 = 13 -> 0

@@ -71,3 +71,19 @@ print(flows.device_benchmark.device_benchmark.name)
     result = subprocess.run([sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "afd-device-benchmark"
+
+
+def test_the_model_and_data_packages_import_no_operations_machinery():
+    """afd.model and afd.data are plain PyTorch / Pillow: no MLflow, DVC or Prefect anywhere in them,
+    and nothing from afd.ops (operations sit on top of them, not under)."""
+    import ast
+
+    for package in ("model", "data"):
+        for path in sorted((REPO / "afd" / package).glob("*.py")):
+            tree = ast.parse(path.read_text())
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+            forbidden = sorted(name for name in imported
+                               if name.split(".")[0] in ("mlflow", "dvc", "prefect", "prefect_dask", "distributed")
+                               or name.startswith("afd.ops"))
+            assert forbidden == [], f"{path.relative_to(REPO)} imports {forbidden}"

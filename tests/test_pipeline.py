@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from afd.checkpoint import load_enhancer
+from afd.model.checkpoint import load_enhancer
 from conftest import BACKBONE, make_tiny_project
 
 AUDIT_ENV = "AFD_DEPENDENCY_AUDIT"  # stages/stage.py: where each stage records what it used
@@ -224,8 +224,8 @@ def test_the_fused_classifier_is_registered_with_signature_exports_and_lineage(r
     info = mlflow.models.get_model_info(f"models:/afd-{BACKBONE}/{receipt['version']}")
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 224, 224)
     # the attached deploy formats, downloaded from the server (artifacts proxied to S3), still agree
-    from afd.export import run_executorch, run_onnx
-    from afd.images import load_image, to_batch
+    from afd.ops.export import run_executorch, run_onnx
+    from afd.data.images import load_image, to_batch
 
     deploy = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="deploy", dst_path=tmp_path))
     model = mlflow.pytorch.load_model(f"models:/afd-{BACKBONE}/{receipt['version']}")
@@ -238,9 +238,9 @@ def test_the_fused_classifier_is_registered_with_signature_exports_and_lineage(r
 @pytest.fixture(scope="module")
 def classifier(repo):
     """The fused classifier of the tiny run and two of its evaluation images, for direct registrations."""
-    from afd.backbones import build_backbone
-    from afd.classifier import EnhancedClassifier
-    from afd.images import load_image, to_batch
+    from afd.model.backbones import build_backbone
+    from afd.model.classifier import EnhancedClassifier
+    from afd.data.images import load_image, to_batch
 
     module, _ = load_enhancer(repo / "models" / BACKBONE / "afd" / "fused.pt")
     model = EnhancedClassifier(build_backbone(BACKBONE), module, "stem").eval()
@@ -249,7 +249,7 @@ def classifier(repo):
 
 
 def test_the_gate_needs_direct_test_beaten_on_average_and_at_the_lightest_qf():
-    from afd.registry import CHALLENGER, CHAMPION, GateScores, gate
+    from afd.ops.registry import CHALLENGER, CHAMPION, GateScores, gate
 
     assert gate(GateScores(0.60, 0.50, 0.90, 0.80), None)[0] == CHAMPION
     alias, reason = gate(GateScores(0.40, 0.50, 0.90, 0.80), None)
@@ -262,8 +262,8 @@ def test_the_gate_needs_direct_test_beaten_on_average_and_at_the_lightest_qf():
 def test_the_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one(repo, classifier, tmp_path):
     import mlflow
 
-    from afd.images import load_image, to_batch
-    from afd.registry import GateScores, register_classifier
+    from afd.data.images import load_image, to_batch
+    from afd.ops.registry import GateScores, register_classifier
 
     mlflow.set_tracking_uri(TRACKING_ENV["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment("afd-gate-test")
@@ -305,7 +305,7 @@ def test_a_registration_failing_halfway_keeps_the_champion(repo, classifier, mon
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from afd.registry import GateScores, register_classifier
+    from afd.ops.registry import GateScores, register_classifier
 
     mlflow.set_tracking_uri(TRACKING_ENV["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment("afd-gate-test")
@@ -363,7 +363,7 @@ def test_dvc_push_then_pull_into_a_fresh_clone_restores_identical_outputs(repo, 
 
 
 def test_wrong_s3_credentials_reading_data_give_a_clear_error(s3_server, monkeypatch):
-    from afd.data import list_images
+    from afd.data.sets import list_images
     from afd.errors import AFDError
     from conftest import TEST_ACCESS_KEY
 
@@ -383,7 +383,7 @@ def test_s3_lost_during_dvc_push_and_an_artifact_upload_is_a_clear_error_and_a_r
     import mlflow
 
     from afd.errors import AFDError
-    from afd.tracking import tracked_run
+    from afd.ops.tracking import tracked_run
     from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
     assert dvc(repo, "remote", "add", "faulty", "s3://afd/dvc-fault").returncode == 0
@@ -456,7 +456,7 @@ def test_a_stage_killed_mid_write_leaves_no_partial_output_for_dvc(repo, second)
     assert "eval_sets@avif" in dvc(second, "status", "eval_sets@avif").stdout  # still to run
 
     # As on another machine: one core, and kernels chosen for other CPU features (pinned back by
-    # afd.determinism, so the models and metrics still equal `repo`'s)
+    # afd.model.determinism, so the models and metrics still equal `repo`'s)
     other_machine = {"OMP_NUM_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_CBWR": "AUTO",
                      "ATEN_CPU_CAPABILITY": "avx512"}
     finished = dvc(second, "repro", f"evaluate@{BACKBONE}", env=other_machine)

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from afd.afd_module import AFDConfig, AFDModule
-from afd.baselines import DDPEnhancer
-from afd.checkpoint import save_enhancer
+from afd.model.afd_module import AFDConfig, AFDModule
+from afd.model.baselines import DDPEnhancer
+from afd.model.checkpoint import save_enhancer
 from afd.cli import app
 from afd.errors import AFDError
-from afd.samples import sample_photos
-from afd.tracking import tracked_run
+from afd.data.samples import sample_photos
+from afd.ops.tracking import tracked_run
 
 runner = CliRunner()
 LITE0 = {"backbone": "efficientnet_lite0", "tap": "stem"}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from afd.repconv import RepConv, is_reparameterized, reparameterize
+from afd.model.repconv import RepConv, is_reparameterized, reparameterize
 
 
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from afd.checkpoint import load_enhancer
+from afd.model.checkpoint import load_enhancer
 from afd.errors import AFDError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_every_torch_load_in_the_project_is_weights_only():
     calls = []
-    for path in [*REPO.glob("afd/*.py"), *REPO.glob("stages/*.py"), *REPO.glob("flows/*.py")]:
+    for path in [*REPO.glob("afd/**/*.py"), *REPO.glob("stages/*.py"), *REPO.glob("flows/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
                 safe = any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in node.keywords)
@@ -53,7 +53,7 @@ def test_a_registered_pickle_model_is_refused(mlflow_server, monkeypatch, tmp_pa
 
     import mlflow
 
-    from afd.registry import load_registered
+    from afd.ops.registry import load_registered
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     mlflow.set_tracking_uri(mlflow_server.url)
@@ -145,13 +145,13 @@ def _poison(program: Path, target: Path, marker: Path) -> None:
 
 
 def _exported(tmp_path: Path) -> Path:
-    from afd.export import save_program
+    from afd.ops.export import save_program
 
     return save_program(_TinyClassifier(), torch.rand(2, 3, 8, 8), tmp_path / "clean.pt2")
 
 
 def test_a_poisoned_program_runs_code_in_torch_export_load_but_is_refused_by_ours(tmp_path):
-    from afd.export import load_program
+    from afd.ops.export import load_program
 
     marker = tmp_path / "marker"
     _poison(_exported(tmp_path), tmp_path / "poisoned.pt2", marker)
@@ -168,7 +168,7 @@ def test_a_poisoned_program_runs_code_in_torch_export_load_but_is_refused_by_our
 
 @pytest.mark.parametrize("attack", ["sample_inputs", "opaque_constant", "aoti_library", "not_a_zip"])
 def test_other_ways_to_hide_code_in_a_program_are_refused(tmp_path, attack):
-    from afd.export import load_program
+    from afd.ops.export import load_program
 
     marker = tmp_path / "marker"
     payload = io.BytesIO()
@@ -205,7 +205,7 @@ def test_a_poisoned_champion_in_a_real_registry_is_refused_by_classify_and_the_d
     classify --model` and the device benchmark's fetch refuse it with one line, and run nothing."""
     import mlflow
 
-    from afd.device import fetch_programs, resolve_version
+    from afd.ops.device import fetch_programs, resolve_version
 
     marker = tmp_path / "marker"
     model_dir = tmp_path / "model"

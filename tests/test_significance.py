@@ -1,12 +1,12 @@
-"""Intervals over photos, paired differences, and the claims' verdicts (afd.significance, afd.report)."""
+"""Intervals over photos, paired differences, and the claims' verdicts (afd.model.significance, afd.ops.report)."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from afd.report import claims
-from afd.significance import PhotoBootstrap
+from afd.ops.report import claims
+from afd.model.significance import PhotoBootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,9 +46,9 @@ def _images(agree: dict[str, dict[str, str]]) -> dict:
 
 
 def _result(methods: list[str]) -> dict:
-    """The parts of an evaluation record (afd.pipeline.evaluation_record) the claims read."""
-    from afd.methods import method_titles
-    from afd.params import load_params
+    """The parts of an evaluation record (afd.ops.pipeline.evaluation_record) the claims read."""
+    from afd.model.methods import method_titles
+    from afd.ops.params import load_params
 
     sets = ["clean", "jpeg_q25", "jpeg_q7", "multi_ct1", "multi_ct5"]
     return {"methods": methods, "grid": {m: {s: {} for s in sets} for m in methods},
@@ -78,7 +78,7 @@ def test_claims_are_confirmed_refuted_or_not_confirmed_from_paired_outcomes():
 
 
 def _evidence(agree):
-    from afd.report import Evidence
+    from afd.ops.report import Evidence
 
     return Evidence(_images(agree))
 

@@ -5,7 +5,7 @@ import pytest
 
 from afd.errors import AFDError
 from afd.io import write_json
-from afd.tracking import tracked_run
+from afd.ops.tracking import tracked_run
 from services.mlflow_server import start_mlflow
 
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from afd.backbones import build_backbone
-from afd.codecs import jpeg
+from afd.model.backbones import build_backbone
+from afd.data.codecs import jpeg
 from afd.errors import ConfigError, TrainingError
-from afd.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, grid_metrics
-from afd.images import to_batch
-from afd.methods import Method
-from afd.samples import sample_photos
-from afd.images import load_image, random_crop
-from afd.train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
+from afd.model.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, grid_metrics
+from afd.data.images import to_batch
+from afd.model.methods import Method
+from afd.data.samples import sample_photos
+from afd.data.images import load_image, random_crop
+from afd.model.train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def test_a_damaged_resume_state_is_set_aside_and_training_starts_afresh(backbone
     for damage in (b"PK\x03\x04 truncated", b""):
         state = tmp_path / "state.pt"
         state.write_bytes(damage)
-        with caplog.at_level("WARNING", logger="afd.train"):
+        with caplog.at_level("WARNING", logger="afd.model.train"):
             module, result = run("afd", backbone, patch_files, state, config())
         assert result.resumed_from == 0 and result.losses == expected.losses
         assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), module.state_dict().values()))
@@ -135,7 +135,7 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(backbone, patch_fi
 def test_a_checkpoint_of_other_code_or_other_numerics_is_not_resumed(backbone, patch_files, tmp_path, monkeypatch):
     """DVC re-runs training when its code changes; the finished checkpoint of the old code must not
     then be taken as the result (nor one computed with another thread count)."""
-    import afd.train
+    import afd.model.train
 
     run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))
     assert run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))[1].resumed_from == 2
@@ -145,7 +145,7 @@ def test_a_checkpoint_of_other_code_or_other_numerics_is_not_resumed(backbone, p
         assert run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))[1].resumed_from == 0
     finally:
         torch.set_num_threads(threads)
-    monkeypatch.setattr(afd.train, "_code_digest", lambda: "the code changed")
+    monkeypatch.setattr(afd.model.train, "_code_digest", lambda: "the code changed")
     assert run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=2))[1].resumed_from == 0
 
 
@@ -276,7 +276,7 @@ def test_metrics_without_labels_and_family_averages(backbone):
 
 
 def test_the_clean_reference_is_computed_once_per_image_and_only_reused_for_the_same_images(backbone):
-    from afd.evaluate import CleanReference
+    from afd.model.evaluate import CleanReference
 
     direct = Method.from_params("afd", METHODS).classifier(backbone, None, "stem")
     batches = evaluation_batches(backbone, 10)

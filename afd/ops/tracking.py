@@ -17,8 +17,8 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 
-from .errors import AFDError, first_line, redact
-from .io import file_sha256, parse_yaml
+from afd.errors import AFDError, first_line, redact
+from afd.io import file_sha256, parse_yaml
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Layout (ids are zero-padded: p00000 for patches, e00000 for evaluation images):
 
     <clean>/<id>.png + manifest.json     clean 224x224 images and where each came from
-    <codec>/<set>/<id><suffix>           the real file bytes of a codec (afd.codecs) at a level:
+    <codec>/<set>/<id><suffix>           the real file bytes of a codec (afd.data.codecs) at a level:
                                          jpeg/jpeg_q25/e00000.jpg, multi/multi_ct3/ (+ encodings.json)
 
 Photos come from the embedded sample photos or from folders (local paths or s3:// URLs).
@@ -31,9 +31,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from afd.codecs import CODECS, IMAGENET_C_JPEG_QUALITIES, Codec
+from afd.data.codecs import CODECS, IMAGENET_C_JPEG_QUALITIES, Codec
 from afd.errors import AFDError, ConfigError, ImageLoadError, display_name, first_line
-from afd.images import (
+from afd.data.images import (
     GRID,
     center_crop,
     decode_image,
@@ -45,7 +45,7 @@ from afd.images import (
     to_tensor,
 )
 from afd.io import atomic_dir, write_json
-from afd.samples import SAME_SCENE, embedded_photos
+from afd.data.samples import SAME_SCENE, embedded_photos
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def imagenet_class_index() -> dict[str, int]:
 
 def embedded_split(train_names: Sequence[str], eval_names: Sequence[str]) -> tuple[list[Photo], list[Photo]]:
     """(train, eval) photos of the embedded sources: each name is a collection or a sample photo
-    (afd.samples). A name on both sides, or one scene split across them, is refused: no photo may
+    (afd.data.samples). A name on both sides, or one scene split across them, is refused: no photo may
     be trained on and evaluated."""
     both = sorted(set(train_names) & set(eval_names))
     if both:

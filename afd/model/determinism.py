@@ -15,7 +15,7 @@ import platform
 
 import torch
 
-from .errors import AFDError
+from afd.errors import AFDError
 
 # Read by oneDNN, MKL and ATen when they first compute, not when torch is imported.
 X86_PINS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2"}

@@ -2,7 +2,7 @@
 
 Rows: the backbone alone, the AFD-Module in its training (multi-branch) and fused forms, the
 backbone with the fused AFD plugged in, and a fresh module of every other method kind
-(afd.methods: the DDP-style enhancer at the tap, ARCNN on the full image). Every latency comes from the same process, thread count and input, with the repeats
+(afd.model.methods: the DDP-style enhancer at the tap, ARCNN on the full image). Every latency comes from the same process, thread count and input, with the repeats
 interleaved across rows, so the ratios between rows are meaningful even though the absolute times depend on the machine. Models and
 inputs are channels-last (NHWC) by default, the layout mobile runtimes such as XNNPACK use; on this
 CPU it also makes the small convolutions of the fused AFD markedly faster.
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .afd_module import AFD_SIZES, AFDConfig, AFDModule
-from .backbones import build_backbone
-from .classifier import EnhancedClassifier
-from .efficiency import Efficiency, measure_all
-from .errors import ConfigError
-from .methods import AT_TAP, BEFORE_BACKBONE, DIRECT_TEST, KINDS
-from .repconv import is_reparameterized, reparameterize
+from afd.model.afd_module import AFD_SIZES, AFDConfig, AFDModule
+from afd.model.backbones import build_backbone
+from afd.model.classifier import EnhancedClassifier
+from afd.model.efficiency import Efficiency, measure_all
+from afd.errors import ConfigError
+from afd.model.methods import AT_TAP, BEFORE_BACKBONE, DIRECT_TEST, KINDS
+from afd.model.repconv import is_reparameterized, reparameterize
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,8 @@ def benchmark_executorch(
     params, MACs, .pte size, median and p90 latency."""
     from pathlib import Path
 
-    from .efficiency import count_macs, count_parameters, measure_call_latencies
-    from .export import executorch_threads, export_executorch, load_executorch
+    from afd.model.efficiency import count_macs, count_parameters, measure_call_latencies
+    from afd.ops.export import executorch_threads, export_executorch, load_executorch
 
     workdir = Path(workdir)
     ptes, rows = {}, {}

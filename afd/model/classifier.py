@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afd.backbones import SplitBackbone
+from afd.model.backbones import SplitBackbone
 from afd.errors import ConfigError
 
 

@@ -15,13 +15,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
-from .afd_module import AFD_SIZES, FDM_SOURCES
-from .codecs import CODECS, EvalSet
-from .errors import ConfigError, display_name
-from .images import GRID
-from .io import parse_yaml
-from .layout import eval_sets
-from .methods import METHOD_KINDS
+from afd.model.afd_module import AFD_SIZES, FDM_SOURCES
+from afd.data.codecs import CODECS, EvalSet
+from afd.errors import ConfigError, display_name
+from afd.data.images import GRID
+from afd.io import parse_yaml
+from afd.ops.layout import eval_sets
+from afd.model.methods import METHOD_KINDS
 
 DEPLOY_FORMATS = ("executorch", "onnx")  # what `register` can attach, each checked against PyTorch
 
@@ -41,7 +41,7 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class Embedded(_Section):
-    train: Annotated[list[NonEmpty], Field(min_length=1)]  # collections or sample photos (afd.samples)
+    train: Annotated[list[NonEmpty], Field(min_length=1)]  # collections or sample photos (afd.data.samples)
     eval: Annotated[list[NonEmpty], Field(min_length=1)]
     view_sizes: list[Annotated[StrictInt, Field(ge=224, le=4096)]]  # empty: ImageNet-C's one view
 
@@ -69,7 +69,7 @@ class Patches(_Section):
 
 
 def _codec_sections(sections: dict) -> dict:
-    """eval_sets: one section per codec of afd.codecs, each checked by the codec's own settings."""
+    """eval_sets: one section per codec of afd.data.codecs, each checked by the codec's own settings."""
     checked = {}
     for name, section in sections.items():
         if name not in CODECS:
@@ -85,7 +85,7 @@ EvalSets = Annotated[dict[str, Any], Field(min_length=1), AfterValidator(_codec_
 
 
 class Backbone(_Section):
-    weights: NonEmpty | None = None  # None: the default (see afd.backbones)
+    weights: NonEmpty | None = None  # None: the default (see afd.model.backbones)
     tap: NonEmpty | None = None  # None: the backbone's default tap
 
 
@@ -138,7 +138,7 @@ class Profile(_Section):
     # Also draw clean patches as inputs (target: their own feature), so the module learns to leave
     # uncompressed features alone (paper Table X); not in the paper's recipe.
     mix_clean: StrictBool
-    afd_size: Literal[tuple(AFD_SIZES)]  # type: ignore[valid-type]  # FE-Net widths (afd.afd_module)
+    afd_size: Literal[tuple(AFD_SIZES)]  # type: ignore[valid-type]  # FE-Net widths (afd.model.afd_module)
 
 
 class Evaluate(_Section):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from afd.errors import ConfigError
 
 BLOCK = 8
 COEFFS_PER_CHANNEL = BLOCK * BLOCK

@@ -15,11 +15,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .benchmark import format_table  # noqa: E402
-from .codecs import CODECS, EvalSet, set_family  # noqa: E402
-from .evaluate import headline_metric  # noqa: E402
-from .io import atomic_path  # noqa: E402
-from .significance import Estimate, PhotoBootstrap, agreement_values, correct_values  # noqa: E402
+from afd.ops.benchmark import format_table  # noqa: E402
+from afd.data.codecs import CODECS, EvalSet, set_family  # noqa: E402
+from afd.model.evaluate import headline_metric  # noqa: E402
+from afd.io import atomic_path  # noqa: E402
+from afd.model.significance import Estimate, PhotoBootstrap, agreement_values, correct_values  # noqa: E402
 
 METRIC_TITLES = {
     "top1": "top-1 accuracy (%)",

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import AFDError, display_name, first_line
-from .io import atomic_path
+from afd.errors import AFDError, display_name, first_line
+from afd.io import atomic_path
 
 EXPORT_TOLERANCE = 1e-4
 

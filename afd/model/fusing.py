@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from .afd_module import AFDModule
-from .errors import AFDError
-from .repconv import is_reparameterized, reparameterize
+from afd.model.afd_module import AFDModule
+from afd.errors import AFDError
+from afd.model.repconv import is_reparameterized, reparameterize
 
 # float32 sums of branches in another order: differences well under this are rounding, not error.
 FUSE_TOLERANCE = 1e-4

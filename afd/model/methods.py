@@ -8,7 +8,7 @@ fuses. Kinds:
 - "ddp": the DDP-style feature enhancer at the same tap;
 - "arcnn": ARCNN restoring the image before the unchanged backbone (pixel-domain JAR).
 A method (`Method`) is a named, configured use of a kind, as params.yaml's `methods` section
-declares it (with its title in tables). Checkpoints (afd.checkpoint), training, evaluation, the
+declares it (with its title in tables). Checkpoints (afd.model.checkpoint), training, evaluation, the
 efficiency table, the registry's comparison programs and the report all read these two.
 "DirectTest" is no method at all: the backbone alone, the reference row of every table.
 """
@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .afd_module import AFD_SIZES, AFDConfig, AFDModule
-from .backbones import SplitBackbone
-from .baselines import ARCNN, DDPEnhancer
-from .classifier import CascadeClassifier, EnhancedClassifier
-from .errors import ConfigError
-from .repconv import is_reparameterized
+from afd.model.afd_module import AFD_SIZES, AFDConfig, AFDModule
+from afd.model.backbones import SplitBackbone
+from afd.model.baselines import ARCNN, DDPEnhancer
+from afd.model.classifier import CascadeClassifier, EnhancedClassifier
+from afd.errors import ConfigError
+from afd.model.repconv import is_reparameterized
 
 DIRECT_TEST = "direct"
 DIRECT_TEST_TITLE = "DirectTest"
@@ -115,7 +115,7 @@ class Method:
 
     def build(self, backbone: SplitBackbone, tap: str, afd_size: str = "small") -> nn.Module:
         """A fresh, untrained module (the identity until trained) for this backbone's tap;
-        `afd_size` (afd.afd_module.AFD_SIZES) sizes an AFD-Module's FE-Net."""
+        `afd_size` (afd.model.afd_module.AFD_SIZES) sizes an AFD-Module's FE-Net."""
         return self.spec.new(backbone.tap_channels(tap), afd_size, self.fdm_source)
 
     def classifier(self, backbone: SplitBackbone, module: nn.Module | None, tap: str) -> nn.Module:

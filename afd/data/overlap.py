@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from afd.data import Photo, read_image
+from afd.data.sets import Photo, read_image
 
 THUMBNAIL = 256  # longer side the keypoints are found at
 KEYPOINTS = 200

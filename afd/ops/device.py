@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .benchmark import benchmark_executorch, device_ratios
-from .errors import AFDError, first_line
-from .export import check_program_archive, load_program
-from .registry import CHAMPION, registered_name
-from .tracking import tracked_run, use_tracking_server
+from afd.ops.benchmark import benchmark_executorch, device_ratios
+from afd.errors import AFDError, first_line
+from afd.ops.export import check_program_archive, load_program
+from afd.ops.registry import CHAMPION, registered_name
+from afd.ops.tracking import tracked_run, use_tracking_server
 
 DEVICE_TAG = "device"  # prefix of the version tags the benchmark writes
 
@@ -45,10 +45,10 @@ def resolve_version(backbone: str, version: str | None = None):
 
 def fetch_programs(version, workdir: Path) -> dict[str, Path]:
     """The registered classifier and its comparison programs (registered with it under
-    `benchmark/`) as `.pt2` files, by role (see afd.benchmark.DEVICE_ROLES)."""
+    `benchmark/`) as `.pt2` files, by role (see afd.ops.benchmark.DEVICE_ROLES)."""
     import mlflow
 
-    from .registry import registered_program
+    from afd.ops.registry import registered_program
 
     workdir.mkdir(parents=True, exist_ok=True)
     uri = f"models:/{version.name}/{version.version}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .codecs import CODECS, EvalSet, set_family
+from afd.data.codecs import CODECS, EvalSet, set_family
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SCORE_TAG = "gate.score"
@@ -34,8 +34,8 @@ def registered_program(uri: str, into: Path) -> Path:
     own default, a fresh temporary folder per call, is never removed."""
     import mlflow
 
-    from .errors import AFDError, first_line
-    from .tracking import use_tracking_server
+    from afd.errors import AFDError, first_line
+    from afd.ops.tracking import use_tracking_server
 
     server = use_tracking_server()
     try:
@@ -51,9 +51,9 @@ def registered_program(uri: str, into: Path) -> Path:
 def load_registered(uri: str) -> nn.Module:
     """The classifier at a model URI (see `registered_program`), in inference form. The program
     archive is inspected first: one that would unpickle or execute anything is refused (see
-    afd.export.check_program_archive). Prefer this to `mlflow.pytorch.load_model` for a registry
+    afd.ops.export.check_program_archive). Prefer this to `mlflow.pytorch.load_model` for a registry
     that others can write to: MLflow loads the archive as it is."""
-    from .export import load_program
+    from afd.ops.export import load_program
 
     with tempfile.TemporaryDirectory(prefix="afd-registered-") as folder:
         return load_program(registered_program(uri, Path(folder)), name=uri).module()
@@ -70,7 +70,7 @@ class GateScores:
 
     @classmethod
     def from_evaluation(cls, result: dict, method: str = "afd", metric: str | None = None) -> "GateScores":
-        from .evaluate import headline_metric
+        from afd.model.evaluate import headline_metric
 
         metric = metric or headline_metric(result)
         jpeg = CODECS["jpeg"]

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import load_set
-from .determinism import X86_PINS
-from .errors import ConfigError, TrainingError, display_name, first_line
-from .images import GRID, load_image
-from .io import atomic_torch_save, file_sha256
+from afd.data.sets import load_set
+from afd.model.determinism import X86_PINS
+from afd.errors import ConfigError, TrainingError, display_name, first_line
+from afd.data.images import GRID, load_image
+from afd.io import atomic_torch_save, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class PatchPairs:
 
     @classmethod
     def from_sets(cls, clean_dir: Path, degraded_dirs: dict[str, Path], mix_clean: bool) -> "PatchPairs":
-        """The pairs of DIV2K-C's set folders (`afd.layout.patch_sets`); with `mix_clean` (the
+        """The pairs of DIV2K-C's set folders (`afd.ops.layout.patch_sets`); with `mix_clean` (the
         profile's) the clean patches are drawn as inputs too, their own feature the target."""
         sets = {**degraded_dirs, "clean": clean_dir} if mix_clean else degraded_dirs
         return cls([path for _, path in load_set(clean_dir)],

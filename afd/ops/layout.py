@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backbones import SplitBackbone, build_backbone
-from .codecs import CLEAN, CODECS, EvalSet
-from .errors import ConfigError
+from afd.model.backbones import SplitBackbone, build_backbone
+from afd.data.codecs import CLEAN, CODECS, EvalSet
+from afd.errors import ConfigError
 
 PATCHES = Path("data/div2k_c")
 EVAL = Path("data/eval")

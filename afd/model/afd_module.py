@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dct import BLOCK, DCT_CHANNELS, build_frequency_input
-from .errors import ConfigError
-from .repconv import RepConv
+from afd.model.dct import BLOCK, DCT_CHANNELS, build_frequency_input
+from afd.errors import ConfigError
+from afd.model.repconv import RepConv
 
 FDM_SOURCES = ("dct", "image_blocks", "shuffled_dct", "none")
 
 # FE-Net widths by module size (a training profile's `afd_size`). "paper": the fused module costs
 # what the paper's Table VII gives at ResNet-50's tap (0.11 M parameters, 0.36 GMACs on 64 x 112 x
-# 112): 0.111 M and 0.357 G by afd.efficiency's counts. "small": 0.085 M and 0.19 G, for a 2-core CPU.
+# 112): 0.111 M and 0.357 G by afd.model.efficiency's counts. "small": 0.085 M and 0.19 G, for a 2-core CPU.
 AFD_SIZES = {"small": (16, 32, 64), "paper": (26, 48, 56)}
 
 # Level-shifted pixels lie in [-128, 127]; the orthonormal DCT keeps their energy, so dividing by

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .codecs import CODECS, set_family
+from afd.data.codecs import CODECS, set_family
 
 METRICS = ("top1", "agreement", "kl", "feature_mse")
 
@@ -35,7 +35,7 @@ def headline_metric(result: dict) -> str:
 @dataclass
 class Outcomes:
     """Per-image results of one method on one set, in the set's image order: what the means and
-    the significance tests (afd.significance) are computed from."""
+    the significance tests (afd.model.significance) are computed from."""
 
     agree: list[bool] = field(default_factory=list)
     correct: list[bool | None] = field(default_factory=list)  # None: no label

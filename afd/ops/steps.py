@@ -1,7 +1,7 @@
 """What each stage of dvc.yaml does: one function per stage, called by its script in `stages/`
 (which only parses the command line). Each reads params.yaml (as a dict), writes the outputs
-dvc.yaml declares at the paths of `afd.layout`, and tracks itself in MLflow through
-`afd.tracking`; the Prefect flows run these stages through DVC, so there is one way to run a step.
+dvc.yaml declares at the paths of `afd.ops.layout`, and tracks itself in MLflow through
+`afd.ops.tracking`; the Prefect flows run these stages through DVC, so there is one way to run a step.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_enhancer, save_enhancer
-from .codecs import CODECS, EvalSet
-from .data import (
+from afd.model.checkpoint import load_enhancer, save_enhancer
+from afd.data.codecs import CODECS, EvalSet
+from afd.data.sets import (
     copy_imagenet_c,
     embedded_split,
     folder_photos,
@@ -27,12 +27,12 @@ from .data import (
     make_eval_clean,
     make_patches,
 )
-from .determinism import pin_cpu_numerics
-from .efficiency import count_parameters
-from .errors import ConfigError
-from .images import load_image, to_batch
-from .io import atomic_write_text, write_json
-from .layout import (
+from afd.model.determinism import pin_cpu_numerics
+from afd.model.efficiency import count_parameters
+from afd.errors import ConfigError
+from afd.data.images import load_image, to_batch
+from afd.io import atomic_write_text, write_json
+from afd.ops.layout import (
     CHECKPOINTS,
     EVAL,
     METRICS,
@@ -47,9 +47,9 @@ from .layout import (
     patch_sets,
     trained_model,
 )
-from .methods import Method
-from .params import training_profile
-from .tracking import lineage_tags, log_artifact, log_artifacts, log_metrics, tracked_run
+from afd.model.methods import Method
+from afd.ops.params import training_profile
+from afd.ops.tracking import lineage_tags, log_artifact, log_artifacts, log_metrics, tracked_run
 
 FUSE_VERIFY_IMAGES = 8  # real compressed evaluation images the fused module is checked on
 
@@ -118,7 +118,7 @@ def compress_eval_sets(params: dict, codec_name: str) -> str:
 def train_method(params: dict, backbone_name: str, method_name: str) -> str:
     """Train one method for one backbone on DIV2K-C and refuse it if it did not learn
     (train.max_loss_ratio, train.min_alive_fraction): its model, loss curve and summary."""
-    from .train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
+    from afd.model.train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
 
     numerics = pin_cpu_numerics(params["numerics"]["threads"])
     method = Method.from_params(method_name, params["methods"])
@@ -170,7 +170,7 @@ def train_method(params: dict, backbone_name: str, method_name: str) -> str:
 def fuse_method(params: dict, backbone_name: str, method_name: str) -> str:
     """Fuse a trained method's RepConv blocks into single convolutions, checked on the features
     of real compressed evaluation images (fuse.verify_set); the difference goes to metrics/fuse/."""
-    from .fusing import fuse_and_verify
+    from afd.model.fusing import fuse_and_verify
 
     pin_cpu_numerics(params["numerics"]["threads"])
     if not Method.from_params(method_name, params["methods"]).fusable:
@@ -201,7 +201,7 @@ def fuse_method(params: dict, backbone_name: str, method_name: str) -> str:
 def evaluate(params: dict, backbone_name: str) -> str:
     """The grid method x set of one backbone: metrics/eval/<backbone>.json (means and averages)
     and .images.json (per-image outcomes), logged to MLflow."""
-    from .pipeline import evaluate_backbone, evaluation_record, image_outcomes, log_evaluation, trained_methods
+    from afd.ops.pipeline import evaluate_backbone, evaluation_record, image_outcomes, log_evaluation, trained_methods
 
     pin_cpu_numerics(params["numerics"]["threads"])
     trained = trained_methods(params, backbone_name)
@@ -216,7 +216,7 @@ def evaluate(params: dict, backbone_name: str) -> str:
 def register(params: dict, backbone_name: str) -> str:
     """Register backbone + fused AFD as afd-<backbone> with its deploy exports, and gate it on
     its evaluation (metrics/eval/<backbone>.json): metrics/register/<backbone>.json."""
-    from .pipeline import register_backbone
+    from afd.ops.pipeline import register_backbone
 
     pin_cpu_numerics(params["numerics"]["threads"])
     evaluation = json.loads((METRICS / "eval" / f"{backbone_name}.json").read_text())
@@ -228,8 +228,8 @@ def register(params: dict, backbone_name: str) -> str:
 def measure_efficiency(params: dict) -> str:
     """Table VII at each of efficiency.backbones' taps, measured in one run: metrics/efficiency.json.
     The modules are built fresh: size and speed depend on the architecture, not on trained weights."""
-    from .benchmark import compare_efficiency, efficiency_ratios
-    from .tracking import git_commit
+    from afd.ops.benchmark import compare_efficiency, efficiency_ratios
+    from afd.ops.tracking import git_commit
 
     settings = params["efficiency"]
     results = {}
@@ -256,8 +256,8 @@ def measure_efficiency(params: dict) -> str:
 
 def report(params: dict) -> str:
     """The Markdown report and its figures (reports/) from the metrics of every backbone."""
-    from .report import write_report
-    from .tracking import git_commit
+    from afd.ops.report import write_report
+    from afd.ops.tracking import git_commit
 
     backbones = params["train"]["backbones"]
     results = [json.loads((METRICS / "eval" / f"{name}.json").read_text()) for name in backbones]

@@ -1,7 +1,7 @@
 """The pipeline's model steps, shared by the DVC stage scripts (`stages/`) and the Prefect flows
 (`flows/`): loading a backbone's trained methods, evaluating, the evaluation record, registering.
 
-Each step reads params.yaml (as a dict) and the project layout (`afd.layout`), so a stage and a
+Each step reads params.yaml (as a dict) and the project layout (`afd.ops.layout`), so a stage and a
 flow that run the same step produce the same files, metrics and registry entries.
 """
 
@@ -17,18 +17,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .backbones import SplitBackbone
-from .checkpoint import load_enhancer
-from .classifier import EnhancedClassifier
-from .data import PairedImages, labels, load_set
-from .codecs import set_family
-from .evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics
-from .export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
-from .images import load_image, to_batch
-from .layout import backbone_from_params, backbone_methods, deployable_model, eval_sets, fused_model, trained_model
-from .methods import BEFORE_BACKBONE, DIRECT_TEST, KINDS, Method, method_titles, plug_in
-from .io import file_md5
-from .tracking import flatten, lineage_tags, log_dict, log_metrics, tracked_run
+from afd.model.backbones import SplitBackbone
+from afd.model.checkpoint import load_enhancer
+from afd.model.classifier import EnhancedClassifier
+from afd.data.sets import PairedImages, labels, load_set
+from afd.data.codecs import set_family
+from afd.model.evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics
+from afd.ops.export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
+from afd.data.images import load_image, to_batch
+from afd.ops.layout import backbone_from_params, backbone_methods, deployable_model, eval_sets, fused_model, trained_model
+from afd.model.methods import BEFORE_BACKBONE, DIRECT_TEST, KINDS, Method, method_titles, plug_in
+from afd.io import file_md5
+from afd.ops.tracking import flatten, lineage_tags, log_dict, log_metrics, tracked_run
 
 CHECK_IMAGES = 4  # clean evaluation images the exports are checked on
 
@@ -149,7 +149,7 @@ def evaluation_record(params: dict, trained: TrainedMethods, outcomes: dict[str,
 def image_outcomes(params: dict, outcomes: dict[str, dict[str, Outcomes]]) -> dict:
     """What metrics/eval/<backbone>.images.json holds: each evaluation image (id, photo, label)
     and, per method and set, its per-image outcomes in that order: what confidence intervals
-    and paired tests resample (afd.significance)."""
+    and paired tests resample (afd.model.significance)."""
     manifest = json.loads((eval_sets(params)["clean"] / "manifest.json").read_text())
     images = [{key: record[key] for key in ("id", "photo", "label")} for record in manifest["images"]]
     return {"images": images,
@@ -187,9 +187,9 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
     """Register backbone (BatchNorm folded) + fused AFD as afd-<backbone> with its deploy exports (params
     register.deploy_formats, each checked against PyTorch) and the benchmark's comparison programs, then apply the promotion
     gate to `evaluation` (an `evaluation_record`). Returns the receipt (name, version, alias, ...)."""
-    from .registry import GateScores, register_classifier
+    from afd.ops.registry import GateScores, register_classifier
 
-    from .registry import MODEL_MD5_TAG, champion_with_model
+    from afd.ops.registry import MODEL_MD5_TAG, champion_with_model
 
     model_file = fused_model(backbone_name, "afd")
     model_md5 = file_md5(model_file)

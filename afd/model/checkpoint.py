@@ -1,7 +1,7 @@
 """Saving and loading trained enhancers (AFD-Module, DDP, ARCNN) with what is needed to rebuild them.
 
 A checkpoint is a plain dict loaded with `weights_only=True` (no pickled code runs on load):
-    kind: a method kind (afd.methods)  config: constructor arguments     deploy: fused form or not
+    kind: a method kind (afd.model.methods)  config: constructor arguments     deploy: fused form or not
     state_dict: the weights           meta: free-form facts (backbone, tap, training step, ...)
 Writes are atomic.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import AFDError, ConfigError, WeightsNotFoundError, display_name, first_line
-from .io import atomic_torch_save
-from .methods import KINDS, METHOD_KINDS, kind_of
+from afd.errors import AFDError, ConfigError, WeightsNotFoundError, display_name, first_line
+from afd.io import atomic_torch_save
+from afd.model.methods import KINDS, METHOD_KINDS, kind_of
 
 def describe_enhancer(module: nn.Module) -> tuple[str, dict, bool]:
     """(kind, constructor config, deploy) of an enhancer."""

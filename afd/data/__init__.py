@@ -1,0 +1,1 @@
+"""Data: the codecs, image decoding, the embedded photos and the data sets on disk (no MLflow, DVC or Prefect)."""
