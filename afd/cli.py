@@ -144,8 +144,8 @@ def efficiency(
     repeats: int = typer.Option(10, min=1),
 ):
     """Params, MACs and CPU latency of the backbone, AFD (unfused and fused), DDP and ARCNN."""
-    from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
     from afd.model.checkpoint import load_enhancer
+    from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
 
     afd = load_enhancer(enhancer)[0] if enhancer else None
     try:

@@ -20,11 +20,11 @@ import torch
 
 from afd.model.classifier import EnhancedClassifier
 from afd.model.determinism import pin_cpu_numerics
-from afd.ops.layout import backbone_from_params, patch_sets
 from afd.model.methods import DIRECT_TEST, Method
+from afd.model.train import PatchPairs, TrainConfig, train
+from afd.ops.layout import backbone_from_params, patch_sets
 from afd.ops.params import load_params, training_profile
 from afd.ops.pipeline import evaluation_sets
-from afd.model.train import PatchPairs, TrainConfig, train
 
 
 def training(params: dict, method: Method, steps: int) -> tuple[float, float]:

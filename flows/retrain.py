@@ -21,17 +21,21 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from afd.ops.device import DEVICE_TAG, resolve_version
 from afd.errors import AFDError, ConfigError
+from afd.ops.device import DEVICE_TAG, resolve_version
+from afd.ops.params import load_params
+from afd.ops.steps import parallel_parts
 from flows.dag import Stage, needed_for, read_pipeline
 from flows.tasks import (
     changed_stages,
+    compute_part,
     publish_efficiency,
     publish_results,
     pull_outputs,
     read_registrations,
     record_lineage,
     run_stage,
+    stage_needed,
 )
 
 DEVICE_DEPLOYMENT = "afd-device-benchmark/edge"
@@ -54,8 +58,6 @@ def stage_task_runner(dask_address: str | None):
     """Dask for the stages: the scheduler at `dask_address`, else a local cluster."""
     from prefect_dask import DaskTaskRunner
 
-    from afd.ops.params import load_params
-
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     return DaskTaskRunner(cluster_kwargs=local_cluster_settings(load_params()["numerics"]["threads"]))
@@ -63,11 +65,15 @@ def stage_task_runner(dask_address: str | None):
 
 @flow(name="afd-pipeline")
 def run_pipeline(stages: dict[str, Stage], changed: list[str]) -> dict[str, str]:
-    """Every stage as a task, each submitted with its upstream stages' futures: the task runner
-    starts a stage as soon as those have finished. {stage: RAN or UNCHANGED}."""
+    """Every stage as a task, submitted with its upstream stages' futures, so the task runner
+    starts it as soon as those have finished; a stage with parts that can be computed ahead (the
+    evaluation grid's cells) gets one task per part first. {stage: RAN or UNCHANGED}."""
+    params = load_params()
     futures = {}
     for name, stage in stages.items():  # upstream first
-        futures[name] = run_stage.submit(stage, changed, [futures[up] for up in stage.upstream if up in futures])
+        needed = stage_needed.submit(stage, changed, [futures[up] for up in stage.upstream if up in futures])
+        parts = [compute_part.submit(stage, command, needed) for command in parallel_parts(params, name)]
+        futures[name] = run_stage.submit(stage, needed, parts)
     return {name: future.result() for name, future in futures.items()}
 
 

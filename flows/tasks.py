@@ -22,8 +22,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from afd.ops.benchmark import format_table
 from afd.errors import AFDError
+from afd.ops.benchmark import format_table
 from afd.ops.layout import METRICS
 from afd.ops.report import grid_summary
 from flows.dag import Stage
@@ -97,23 +97,43 @@ def changed_stages() -> list[str]:
     return sorted(json.loads(dvc("status", "--json").splitlines()[-1] or "{}"))
 
 
-def _stage_run_name() -> str:
-    from prefect.runtime import task_run
+def _stage_name(prefix: str = "", suffix: str = ""):
+    def name() -> str:
+        from prefect.runtime import task_run
 
-    return task_run.parameters["stage"].name
+        parameters = task_run.parameters
+        part = f" {parameters['command'][-1]}" if "command" in parameters else ""
+        return f"{prefix}{parameters['stage'].name}{suffix}{part}"
+    return name
 
 
-@task(task_run_name=_stage_run_name, cache_policy=NO_CACHE)
-def run_stage(stage: Stage, changed: list[str], upstream: list[str]) -> str:
-    """One stage, as `dvc repro` runs it: skipped (UNCHANGED) unless DVC found it changed or an
-    upstream stage ran and DVC now finds it changed; else its command, then `dvc commit` records
-    its deps, params and outputs in dvc.lock (and its outputs in the DVC cache). `upstream`: the
-    results of the stages it depends on (their tasks run first)."""
-    if stage.name not in changed:
-        if RAN not in upstream:
-            return UNCHANGED
-        if not json.loads(dvc("status", "--json", stage.name).splitlines()[-1] or "{}"):
-            return UNCHANGED  # its inputs came out as they were
+@task(task_run_name=_stage_name("check "), cache_policy=NO_CACHE)
+def stage_needed(stage: Stage, changed: list[str], upstream: list[str]) -> bool:
+    """Whether `dvc repro` would run the stage now: DVC found it changed before the run, or an
+    upstream stage ran (`upstream`: their results) and DVC now finds it changed."""
+    if stage.name in changed:
+        return True
+    if RAN not in upstream:
+        return False
+    return bool(json.loads(dvc("status", "--json", stage.name).splitlines()[-1] or "{}"))
+
+
+@task(task_run_name=_stage_name(suffix=" part"), cache_policy=NO_CACHE)
+def compute_part(stage: Stage, command: list[str], needed: bool) -> str:
+    """One part of a stage computed ahead (afd.ops.steps.parallel_parts), if the stage will run."""
+    if not needed:
+        return UNCHANGED
+    run_command(command, f"a part of stage {stage.name} (`{' '.join(command[1:])}`)")
+    return RAN
+
+
+@task(task_run_name=_stage_name(), cache_policy=NO_CACHE)
+def run_stage(stage: Stage, needed: bool, parts: list[str]) -> str:
+    """One stage, as `dvc repro` runs it: its command (which uses the `parts` computed ahead), then
+    `dvc commit` records its deps, params and outputs in dvc.lock and its outputs in the DVC cache;
+    UNCHANGED if it need not run."""
+    if not needed:
+        return UNCHANGED
     started = time.monotonic()
     run_command(stage.cmd, f"stage {stage.name} (`{stage.cmd}`)")
     dvc("commit", "--force", stage.name)

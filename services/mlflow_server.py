@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .process import ServiceProcess, wait_until_healthy
 from .ports import free_port
+from .process import ServiceProcess, wait_until_healthy
 from .s3 import S3Server
 
 

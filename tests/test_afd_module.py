@@ -1,12 +1,12 @@
 import pytest
 import torch
 
+from afd.errors import AFDError, ConfigError, WeightsNotFoundError
 from afd.model.afd_module import AFDConfig, AFDModule, FDENet, fill_blocks
 from afd.model.baselines import ARCNN, DDPEnhancer
 from afd.model.checkpoint import load_enhancer, save_enhancer
 from afd.model.dct import BlockDCT, ImageBlocks, ShuffledBlockDCT
 from afd.model.efficiency import count_macs, count_parameters
-from afd.errors import AFDError, ConfigError, WeightsNotFoundError
 from afd.model.repconv import RepConv, is_reparameterized, reparameterize
 
 

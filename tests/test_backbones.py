@@ -9,9 +9,9 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
+from afd.errors import ConfigError, WeightsNotFoundError
 from afd.model.backbones import BACKBONES, EFFICIENTNET_LITE_VARIANTS, EvenSameConv, build_backbone
 from afd.model.classifier import CascadeClassifier, EnhancedClassifier
-from afd.errors import ConfigError, WeightsNotFoundError
 
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967

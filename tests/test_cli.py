@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from afd.model.afd_module import AFDConfig, AFDModule
-from afd.model.checkpoint import load_enhancer, save_enhancer
 from afd.cli import app
 from afd.data.images import load_image
-from afd.model.repconv import is_reparameterized
 from afd.data.samples import sample_photos
+from afd.model.afd_module import AFDConfig, AFDModule
+from afd.model.checkpoint import load_enhancer, save_enhancer
+from afd.model.repconv import is_reparameterized
 
 runner = CliRunner()
 

@@ -1,9 +1,9 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
-
-import io
 
 from afd.data.codecs import (
     CODECS,

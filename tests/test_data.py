@@ -17,6 +17,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from afd.data.codecs import CODECS, encode_jpeg
+from afd.data.images import load_image
+from afd.data.samples import COLLECTIONS, embedded_photos
 from afd.data.sets import (
     PairedImages,
     copy_imagenet_c,
@@ -32,9 +34,7 @@ from afd.data.sets import (
     read_image,
 )
 from afd.errors import AFDError, ConfigError, ImageLoadError
-from afd.data.images import load_image
 from afd.ops.params import load_params
-from afd.data.samples import COLLECTIONS, embedded_photos
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_PHOTOS = ["chelsea", "coffee", "grace_hopper", "rocket"]
@@ -539,8 +539,8 @@ def test_stage_errors_exit_2_naming_the_key(tmp_path, monkeypatch, capsys):
 def test_no_training_photo_shares_content_with_an_evaluation_photo(tmp_path):
     """By content, not by name: no default training photo is an evaluation photo, or a crop, a
     rescale or a re-encode of one. Two such copies, added to the training side, are what it finds."""
-    from afd.data.sets import Photo
     from afd.data.overlap import shared_content
+    from afd.data.sets import Photo
 
     embedded = load_params(REPO / "params.yaml")["sources"]["embedded"]
     train, evaluation = embedded_split(embedded["train"], embedded["eval"])

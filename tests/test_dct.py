@@ -3,6 +3,7 @@ import pytest
 import torch
 from scipy.fft import dctn
 
+from afd.errors import ConfigError
 from afd.model.dct import (
     BlockDCT,
     ImageBlocks,
@@ -11,7 +12,6 @@ from afd.model.dct import (
     rgb_to_level_shifted_ycbcr,
     zigzag_order,
 )
-from afd.errors import ConfigError
 
 
 def reference_block_dct(images: torch.Tensor) -> np.ndarray:

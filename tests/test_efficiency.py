@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
 from afd.model.efficiency import count_macs, count_parameters, measure_latency
+from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
 
 
 def test_macs_of_a_conv_are_counted_exactly():

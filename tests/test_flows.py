@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BACKBONE, make_tiny_project, tiny_params
 
+from conftest import BACKBONE, make_tiny_project, tiny_params
 from services.mlflow_server import start_mlflow
 from services.prefect_server import DEVICE_POOL, deploy_project, run_prefect, start_prefect, start_worker
 
@@ -192,7 +192,8 @@ def dvc(root: Path, *args: str, env: dict | None = None) -> subprocess.Completed
 
 def test_every_stage_of_dvc_yaml_runs_as_a_task_after_the_stages_it_reads(first_run, project, env):
     """The flow executes dvc.yaml: one task run per DVC stage (matrix items included), none
-    started before the stages it depends on had finished."""
+    started before the stages it depends on had finished; the evaluation grid's cells are tasks of
+    their own (one per method), all finished before their stage assembles them."""
     from flows.dag import read_pipeline
 
     stages = read_pipeline(project)
@@ -200,11 +201,30 @@ def test_every_stage_of_dvc_yaml_runs_as_a_task_after_the_stages_it_reads(first_
     assert sorted(stages) == sorted(listed) and len(listed) > 10
     (pipeline_run,) = flow_runs(env, "afd-pipeline")
     runs = {run.name: run for run in task_runs(env, pipeline_run.id)}
-    assert sorted(runs) == sorted(listed)
     assert all(run.state.is_completed() for run in runs.values())
+    assert sorted(name for name in runs if not name.startswith("check ") and " part " not in name) == sorted(listed)
+    assert sorted(name.removeprefix("check ") for name in runs if name.startswith("check ")) == sorted(listed)
     for name, stage in stages.items():
         for upstream in stage.upstream:
             assert runs[upstream].end_time <= runs[name].start_time, (upstream, name)
+    cells = sorted(name for name in runs if name.startswith(f"evaluate@{BACKBONE} part "))
+    assert cells == sorted(f"evaluate@{BACKBONE} part {m}" for m in ("direct", "afd", "arcnn", "afd_tap_stage2"))
+    assert all(runs[cell].end_time <= runs[f"evaluate@{BACKBONE}"].start_time for cell in cells)
+
+
+def test_the_grid_assembled_from_cells_is_byte_identical_to_the_stage_computing_it(first_run, project, training_env):
+    """Cells computed ahead in other processes change nothing: the evaluate stage run alone, with
+    no cell cached, writes the same bytes (and dvc.lock the same md5s)."""
+    import shutil
+
+    assert any((project / ".afd-cache" / "cells" / BACKBONE).glob("*.json"))  # the flow's cells
+    shutil.rmtree(project / ".afd-cache")
+    forced = dvc(project, "repro", "--force", "--single-item", f"evaluate@{BACKBONE}", env=training_env)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "Running stage" in forced.stdout
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "dvc.lock", "metrics"], cwd=project,
+                             capture_output=True, text=True).stdout
+    assert changed == ""
 
 
 def test_after_a_run_dvc_is_clean_and_its_metrics_are_the_registered_versions(first_run, project, env):
@@ -338,7 +358,7 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
 
     with Client(dask_cluster, timeout=30) as dask:
         prefixes = dask.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert prefixes == ["run_stage"]  # the stages, and nothing else, went to the external cluster
+    assert prefixes == ["compute_part", "run_stage", "stage_needed"]  # the stages and their parts, nothing else
 
 
 def test_the_scheduler_queues_the_next_weekly_run(project, env):

@@ -11,7 +11,6 @@ from skimage import data
 from torchvision import transforms
 
 import afd.data.images
-from afd.errors import ConfigError, ImageLoadError, display_name
 from afd.data.images import (
     classifier_input,
     load_image,
@@ -22,6 +21,7 @@ from afd.data.images import (
     to_tensor,
 )
 from afd.data.samples import sample_photos
+from afd.errors import ConfigError, ImageLoadError, display_name
 
 
 def _save(img: Image.Image, path, **kw):

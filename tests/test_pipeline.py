@@ -224,8 +224,8 @@ def test_the_fused_classifier_is_registered_with_signature_exports_and_lineage(r
     info = mlflow.models.get_model_info(f"models:/afd-{BACKBONE}/{receipt['version']}")
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 224, 224)
     # the attached deploy formats, downloaded from the server (artifacts proxied to S3), still agree
-    from afd.ops.export import run_executorch, run_onnx
     from afd.data.images import load_image, to_batch
+    from afd.ops.export import run_executorch, run_onnx
 
     deploy = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="deploy", dst_path=tmp_path))
     model = mlflow.pytorch.load_model(f"models:/afd-{BACKBONE}/{receipt['version']}")
@@ -238,9 +238,9 @@ def test_the_fused_classifier_is_registered_with_signature_exports_and_lineage(r
 @pytest.fixture(scope="module")
 def classifier(repo):
     """The fused classifier of the tiny run and two of its evaluation images, for direct registrations."""
+    from afd.data.images import load_image, to_batch
     from afd.model.backbones import build_backbone
     from afd.model.classifier import EnhancedClassifier
-    from afd.data.images import load_image, to_batch
 
     module, _ = load_enhancer(repo / "models" / BACKBONE / "afd" / "fused.pt")
     model = EnhancedClassifier(build_backbone(BACKBONE), module, "stem").eval()

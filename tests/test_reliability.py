@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from afd.cli import app
+from afd.data.samples import sample_photos
+from afd.errors import AFDError
 from afd.model.afd_module import AFDConfig, AFDModule
 from afd.model.baselines import DDPEnhancer
 from afd.model.checkpoint import save_enhancer
-from afd.cli import app
-from afd.errors import AFDError
-from afd.data.samples import sample_photos
 from afd.ops.tracking import tracked_run
 
 runner = CliRunner()

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from afd.model.checkpoint import load_enhancer
 from afd.errors import AFDError
+from afd.model.checkpoint import load_enhancer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from afd.ops.report import claims
 from afd.model.significance import PhotoBootstrap
+from afd.ops.report import claims
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_tiny_project
 
+from conftest import REPO, make_tiny_project
 from services.ports import free_port, port_is_free
 from services.stack import PORTS, PortError, plan_ports
 

@@ -3,21 +3,19 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from afd.model.backbones import build_backbone
 from afd.data.codecs import jpeg
-from afd.errors import ConfigError, TrainingError
-from afd.model.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, grid_metrics
-from afd.data.images import to_batch
-from afd.model.methods import Method
+from afd.data.images import load_image, random_crop, to_batch
 from afd.data.samples import sample_photos
-from afd.data.images import load_image, random_crop
+from afd.errors import ConfigError, TrainingError
+from afd.model.backbones import build_backbone
+from afd.model.evaluate import Batch, evaluate_grid, evaluate_set, family_averages, grid_metrics
+from afd.model.methods import Method
 from afd.model.train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
-
-import numpy as np
 
 METHODS = {
     "afd": {"kind": "afd", "fdm_source": "dct"},

@@ -32,7 +32,6 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from afd.data.codecs import CODECS, IMAGENET_C_JPEG_QUALITIES, Codec
-from afd.errors import AFDError, ConfigError, ImageLoadError, display_name, first_line
 from afd.data.images import (
     GRID,
     center_crop,
@@ -44,8 +43,9 @@ from afd.data.images import (
     resize_shorter_side,
     to_tensor,
 )
-from afd.io import atomic_dir, write_json
 from afd.data.samples import SAME_SCENE, embedded_photos
+from afd.errors import AFDError, ConfigError, ImageLoadError, display_name, first_line
+from afd.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afd.model.dct import BLOCK, DCT_CHANNELS, build_frequency_input
 from afd.errors import ConfigError
+from afd.model.dct import BLOCK, DCT_CHANNELS, build_frequency_input
 from afd.model.repconv import RepConv
 
 FDM_SOURCES = ("dct", "image_blocks", "shuffled_dct", "none")

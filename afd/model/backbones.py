@@ -162,10 +162,16 @@ class EvenSameConv(nn.Conv2d):
     costs more than the depthwise convolution itself. A kernel one larger, with a zero first row
     and column, under symmetric padding computes the same sums. Odd-sized inputs take timm's way."""
 
+    @staticmethod
+    def accepts(conv: nn.Conv2d) -> bool:
+        """An odd square kernel at stride 2, not dilated: what this form computes exactly."""
+        k = conv.kernel_size[0]
+        return conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (2, 2) and conv.dilation == (1, 1)
+
     def __init__(self, conv: nn.Conv2d):
-        (k, _), stride = conv.kernel_size, conv.stride
-        if conv.kernel_size != (k, k) or k % 2 == 0 or stride != (2, 2) or conv.dilation != (1, 1):
+        if not self.accepts(conv):
             raise ValueError(f"EvenSameConv takes an odd square kernel at stride 2, not {conv}")
+        k = conv.kernel_size[0]
         super().__init__(conv.in_channels, conv.out_channels, k + 1, stride=2, padding=(k - 1) // 2,
                          groups=conv.groups, bias=conv.bias is not None)
         with torch.no_grad():
@@ -185,11 +191,11 @@ class EvenSameConv(nn.Conv2d):
 
 
 def _replace_padded_same_convs(module: nn.Module) -> None:
-    """Swap each stride-2 timm `Conv2dSame` (odd kernel) under `module` for an `EvenSameConv`."""
+    """Swap each timm `Conv2dSame` under `module` that `EvenSameConv` accepts for one."""
     from timm.layers.conv2d_same import Conv2dSame
 
     for name, child in module.named_children():
-        if isinstance(child, Conv2dSame) and child.stride == (2, 2) and child.kernel_size[0] % 2:
+        if isinstance(child, Conv2dSame) and EvenSameConv.accepts(child):
             setattr(module, name, EvenSameConv(child))
         else:
             _replace_padded_same_convs(child)

@@ -18,6 +18,7 @@ from afd.errors import AFDError, ConfigError, WeightsNotFoundError, display_name
 from afd.io import atomic_torch_save
 from afd.model.methods import KINDS, METHOD_KINDS, kind_of
 
+
 def describe_enhancer(module: nn.Module) -> tuple[str, dict, bool]:
     """(kind, constructor config, deploy) of an enhancer."""
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afd.model.backbones import SplitBackbone
 from afd.errors import ConfigError
+from afd.model.backbones import SplitBackbone
 
 
 class _FrozenBackbone(nn.Module):

@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from afd.model.afd_module import AFDModule
 from afd.errors import AFDError
+from afd.model.afd_module import AFDModule
 from afd.model.repconv import is_reparameterized, reparameterize
 
 # float32 sums of branches in another order: differences well under this are rounding, not error.

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from afd.errors import ConfigError
 from afd.model.afd_module import AFD_SIZES, AFDConfig, AFDModule
 from afd.model.backbones import SplitBackbone
 from afd.model.baselines import ARCNN, DDPEnhancer
 from afd.model.classifier import CascadeClassifier, EnhancedClassifier
-from afd.errors import ConfigError
 from afd.model.repconv import is_reparameterized
 
 DIRECT_TEST = "direct"

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from afd.data.sets import load_set
-from afd.model.determinism import X86_PINS
-from afd.errors import ConfigError, TrainingError, display_name, first_line
 from afd.data.images import GRID, load_image
+from afd.data.sets import load_set
+from afd.errors import ConfigError, TrainingError, display_name, first_line
 from afd.io import atomic_torch_save, file_sha256
+from afd.model.determinism import X86_PINS
 
 log = logging.getLogger(__name__)
 

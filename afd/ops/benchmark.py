@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from afd.errors import ConfigError
 from afd.model.afd_module import AFD_SIZES, AFDConfig, AFDModule
 from afd.model.backbones import build_backbone
 from afd.model.classifier import EnhancedClassifier
 from afd.model.efficiency import Efficiency, measure_all
-from afd.errors import ConfigError
 from afd.model.methods import AT_TAP, BEFORE_BACKBONE, DIRECT_TEST, KINDS
 from afd.model.repconv import is_reparameterized, reparameterize
 

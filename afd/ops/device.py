@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from afd.ops.benchmark import benchmark_executorch, device_ratios
 from afd.errors import AFDError, first_line
+from afd.ops.benchmark import benchmark_executorch, device_ratios
 from afd.ops.export import check_program_archive, load_program
 from afd.ops.registry import CHAMPION, registered_name
 from afd.ops.tracking import tracked_run, use_tracking_server

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from afd.model.backbones import SplitBackbone, build_backbone
 from afd.data.codecs import CLEAN, CODECS, EvalSet
 from afd.errors import ConfigError
+from afd.model.backbones import SplitBackbone, build_backbone
 
 PATCHES = Path("data/div2k_c")
 EVAL = Path("data/eval")
@@ -18,6 +18,7 @@ MODELS = Path("models")
 CHECKPOINTS = Path("checkpoints")  # resumable training state; not a DVC output
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+CELL_CACHE = Path(".afd-cache/cells")  # grid cells computed ahead of the evaluate stage (afd.ops.cells); not a DVC output
 REPORT = Path("reports/report.md")  # its figures: reports/figures/
 
 

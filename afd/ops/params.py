@@ -13,15 +13,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
-from afd.model.afd_module import AFD_SIZES, FDM_SOURCES
 from afd.data.codecs import CODECS, EvalSet
-from afd.errors import ConfigError, display_name
 from afd.data.images import GRID
+from afd.errors import ConfigError, display_name
 from afd.io import parse_yaml
-from afd.ops.layout import eval_sets
+from afd.model.afd_module import AFD_SIZES, FDM_SOURCES
 from afd.model.methods import METHOD_KINDS
+from afd.ops.layout import eval_sets
 
 DEPLOY_FORMATS = ("executorch", "onnx")  # what `register` can attach, each checked against PyTorch
 

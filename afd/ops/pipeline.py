@@ -17,17 +17,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from afd.data.codecs import set_family
+from afd.data.images import load_image, to_batch
+from afd.data.sets import PairedImages, labels, load_set
+from afd.io import file_md5
 from afd.model.backbones import SplitBackbone
 from afd.model.checkpoint import load_enhancer
 from afd.model.classifier import EnhancedClassifier
-from afd.data.sets import PairedImages, labels, load_set
-from afd.data.codecs import set_family
-from afd.model.evaluate import Batch, Outcomes, evaluate_grid, evaluate_set, family_averages, grid_metrics
-from afd.ops.export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
-from afd.data.images import load_image, to_batch
-from afd.ops.layout import backbone_from_params, backbone_methods, deployable_model, eval_sets, fused_model, trained_model
+from afd.model.evaluate import Batch, Outcomes, evaluate_grid, family_averages, grid_metrics
 from afd.model.methods import BEFORE_BACKBONE, DIRECT_TEST, KINDS, Method, method_titles, plug_in
-from afd.io import file_md5
+from afd.ops.export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
+from afd.ops.layout import (
+    backbone_from_params,
+    backbone_methods,
+    deployable_model,
+    eval_sets,
+    fused_model,
+    trained_model,
+)
 from afd.ops.tracking import flatten, lineage_tags, log_dict, log_metrics, tracked_run
 
 CHECK_IMAGES = 4  # clean evaluation images the exports are checked on
@@ -92,19 +99,22 @@ def grid_cells(params: dict, backbone_name: str) -> dict[str, list[str]]:
 
 
 def evaluate_backbone(params: dict, trained: TrainedMethods) -> dict[str, dict[str, Outcomes]]:
-    """The grid method x set of `grid_cells` (per-image outcomes), one pass over each set."""
-    direct = trained.classifiers[DIRECT_TEST]
-    return evaluate_grid(direct, trained.classifiers, evaluation_sets(params),
-                         grid_cells(params, trained.backbone_name))
+    """The grid method x set of `grid_cells` (per-image outcomes): the cells computed ahead
+    (afd.ops.cells) from their cache, the rest in one pass over each set."""
+    from afd.ops.cells import CellCache
 
-
-def evaluate_cell(params: dict, backbone_name: str, method: str, set_name: str) -> Outcomes:
-    """One cell of the grid: `method` (or DirectTest) on one set. Equal to the same cell of
-    `evaluate_backbone`: every method's metrics are computed independently, batch by batch."""
-    trained = trained_methods(params, backbone_name, [method])
-    direct = trained.classifiers[DIRECT_TEST]
-    (evaluation_set,) = evaluation_sets(params, [set_name]).values()
-    return evaluate_set(direct, {method: trained.classifiers[method]}, evaluation_set)[method]
+    cells = grid_cells(params, trained.backbone_name)
+    cache = CellCache(params, trained.backbone_name, trained.backbone.weights_file, trained.tap)
+    known = {(m, s): cache.load(m, s) for s, methods in cells.items() for m in methods}
+    missing = {s: [m for m in methods if known[m, s] is None] for s, methods in cells.items()}
+    missing = {s: methods for s, methods in missing.items() if methods}
+    computed = evaluate_grid(trained.classifiers[DIRECT_TEST], trained.classifiers,
+                             evaluation_sets(params, list(missing)), missing) if missing else {}
+    grid: dict[str, dict[str, Outcomes]] = {name: {} for name in trained.classifiers}
+    for set_name, methods in cells.items():  # sets in params.yaml's order, whichever way they came
+        for method in methods:
+            grid[method][set_name] = known[method, set_name] or computed[method][set_name]
+    return grid
 
 
 def describe_data(clean_dir: Path) -> dict:
@@ -187,9 +197,7 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
     """Register backbone (BatchNorm folded) + fused AFD as afd-<backbone> with its deploy exports (params
     register.deploy_formats, each checked against PyTorch) and the benchmark's comparison programs, then apply the promotion
     gate to `evaluation` (an `evaluation_record`). Returns the receipt (name, version, alias, ...)."""
-    from afd.ops.registry import GateScores, register_classifier
-
-    from afd.ops.registry import MODEL_MD5_TAG, champion_with_model
+    from afd.ops.registry import MODEL_MD5_TAG, GateScores, champion_with_model, register_classifier
 
     model_file = fused_model(backbone_name, "afd")
     model_md5 = file_md5(model_file)

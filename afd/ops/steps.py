@@ -11,12 +11,12 @@ import dataclasses
 import io
 import json
 import platform
-from pathlib import Path
+import sys
 
 import torch
 
-from afd.model.checkpoint import load_enhancer, save_enhancer
 from afd.data.codecs import CODECS, EvalSet
+from afd.data.images import load_image, to_batch
 from afd.data.sets import (
     copy_imagenet_c,
     embedded_split,
@@ -27,11 +27,12 @@ from afd.data.sets import (
     make_eval_clean,
     make_patches,
 )
+from afd.errors import ConfigError
+from afd.io import atomic_write_text, write_json
+from afd.model.checkpoint import load_enhancer, save_enhancer
 from afd.model.determinism import pin_cpu_numerics
 from afd.model.efficiency import count_parameters
-from afd.errors import ConfigError
-from afd.data.images import load_image, to_batch
-from afd.io import atomic_write_text, write_json
+from afd.model.methods import Method
 from afd.ops.layout import (
     CHECKPOINTS,
     EVAL,
@@ -47,7 +48,6 @@ from afd.ops.layout import (
     patch_sets,
     trained_model,
 )
-from afd.model.methods import Method
 from afd.ops.params import training_profile
 from afd.ops.tracking import lineage_tags, log_artifact, log_artifacts, log_metrics, tracked_run
 
@@ -211,6 +211,19 @@ def evaluate(params: dict, backbone_name: str) -> str:
     write_json(METRICS / "eval" / f"{backbone_name}.json", record)
     log_evaluation(params, trained, record)
     return f"{backbone_name}: {len(record['methods'])} methods x {len(record['grid']['direct'])} sets evaluated"
+
+
+def parallel_parts(params: dict, stage_name: str) -> list[list[str]]:
+    """Commands that compute parts of a stage ahead, independently of each other, so that the stage
+    then only assembles them (the retraining flow runs them in parallel first; `dvc repro` does
+    without): an `evaluate@<backbone>` stage's grid cells, one process per method (afd.ops.cells)."""
+    from afd.model.methods import DIRECT_TEST
+
+    base, _, backbone_name = stage_name.partition("@")
+    if base != "evaluate":
+        return []
+    return [[sys.executable, "-m", "afd.ops.cells", "--backbone", backbone_name, "--method", method]
+            for method in [DIRECT_TEST, *backbone_methods(params, backbone_name)]]
 
 
 def register(params: dict, backbone_name: str) -> str:

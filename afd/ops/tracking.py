@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-
 from afd.errors import AFDError, first_line, redact
 from afd.io import file_sha256, parse_yaml
 
