@@ -327,7 +327,7 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
 
     champion_before = champion()
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["profiles"]["default"]["iterations"] += 2  # a new model
+    params["methods"]["afd"]["lr_scale"] = 0.5  # a new AFD model; the other methods' stages and cells are kept
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     device_worker.stop()
     timeout = 10
@@ -353,7 +353,7 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
     # the new version's commit holds the changed params.yaml with its results
     committed = subprocess.run(["git", "show", f"{new.tags['git_commit']}:params.yaml"], cwd=project,
                                capture_output=True, text=True, check=True).stdout
-    assert yaml.safe_load(committed)["profiles"]["default"]["iterations"] == params["profiles"]["default"]["iterations"]
+    assert yaml.safe_load(committed)["methods"]["afd"]["lr_scale"] == 0.5
     from distributed import Client
 
     with Client(dask_cluster, timeout=30) as dask:
