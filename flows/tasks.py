@@ -80,6 +80,12 @@ def git(*args: str) -> str:
 # ---- the stages ---------------------------------------------------------------------------------
 
 
+def dvc_changes(*targets: str) -> dict:
+    """`dvc status --json` of `targets` (default: every stage): {stage: what changed}, empty when
+    `dvc repro` would run nothing."""
+    return json.loads(dvc("status", "--json", *targets).splitlines()[-1] or "{}")
+
+
 @task(name="dvc-pull", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def pull_outputs() -> bool:
     """Fetch the pipeline's outputs from the DVC remote, where one is configured (a run on a new
@@ -94,7 +100,7 @@ def pull_outputs() -> bool:
 @task(name="dvc-status", cache_policy=NO_CACHE)
 def changed_stages() -> list[str]:
     """The stages that `dvc repro` would run now (before any upstream stage runs)."""
-    return sorted(json.loads(dvc("status", "--json").splitlines()[-1] or "{}"))
+    return sorted(dvc_changes())
 
 
 def _stage_name(prefix: str = "", suffix: str = ""):
@@ -115,7 +121,7 @@ def stage_needed(stage: Stage, changed: list[str], upstream: list[str]) -> bool:
         return True
     if RAN not in upstream:
         return False
-    return bool(json.loads(dvc("status", "--json", stage.name).splitlines()[-1] or "{}"))
+    return bool(dvc_changes(stage.name))
 
 
 @task(task_run_name=_stage_name(suffix=" part"), cache_policy=NO_CACHE)
