@@ -38,7 +38,7 @@ def reports_errors(command):
 def classify(
     images: list[Path] = typer.Argument(..., help="Image files to classify."),
     model: Optional[str] = typer.Option(
-        None, help="A registered model, e.g. models:/afd-efficientnet_lite0@champion (replaces the options below)."
+        None, help="A registered model's URI, e.g. models:/afd-<backbone>@champion (replaces the options below)."
     ),
     backbone: str = typer.Option("efficientnet_lite0", help="efficientnet_lite0 / 1 / 2, resnet50 or repvgg_a2."),
     weights: Optional[str] = typer.Option(None, help="Backbone weights file (default: see README)."),
@@ -46,7 +46,7 @@ def classify(
     tap: Optional[str] = typer.Option(None, help="Tap point (default: the backbone's, or the checkpoint's)."),
     resize: int = typer.Option(256, help="Shorter side before the centre crop; 0 crops a JPEG on its own grid."),
     crop: int = typer.Option(224, help="Centre crop size."),
-    top_k: int = typer.Option(5, min=1, max=1000, help="Classes to print per image."),
+    top_k: int = typer.Option(5, min=1, max=1000, metavar="K", help="Classes to print per image (1-1000)."),
 ):
     """Print the top-k ImageNet classes of each image, one image at a time."""
     from timm.data import ImageNetInfo
@@ -112,11 +112,15 @@ def fuse(
     typer.echo(f"{display_name(output)}: fused; max |fused - trained| on a random input = {max_abs_diff:.2e}")
 
 
+# What `afd degrade` writes, by suffix: lossless formats only, so the file holds the degradation alone.
+LOSSLESS_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
 @app.command()
 @reports_errors
 def degrade(
     image: Path = typer.Argument(..., help="Input image."),
-    output: Path = typer.Argument(..., help="Output PNG (lossless, so only the degradation shows)."),
+    output: Path = typer.Argument(..., help="Output image: .png (or another lossless format: .bmp, .tif), so only the degradation shows."),
     kind: str = typer.Option("jpeg", help="A codec of afd/data/codecs.py (jpeg, multi, avif, ...), or imagenet_c_jpeg[_q85] (level: severity 1-5)."),
     level: int = typer.Option(10, help="The codec's level: a quality, or the rounds of multi."),
     seed: int = typer.Option(0, help="Seed of the qualities drawn by multi."),
@@ -126,17 +130,22 @@ def degrade(
     from afd.data.images import load_image
     from afd.io import atomic_path
 
+    image_format = LOSSLESS_FORMATS.get(output.suffix.lower())
+    if image_format is None:
+        raise ConfigError(f"{display_name(output)}: {output.suffix or 'no suffix'} is not a lossless image format: saving "
+                          f"would compress the degraded image again; use one of {', '.join(LOSSLESS_FORMATS)}")
     degraded = apply_degradation(load_image(image), kind, level, seed)
     with atomic_path(output) as tmp:
-        degraded.save(tmp, format="PNG")
+        degraded.save(tmp, format=image_format)
     typer.echo(f"{display_name(output)}: {kind} level {level}")
 
 
 @app.command()
 @reports_errors
 def efficiency(
-    backbone: str = typer.Option("resnet50", help="Backbone whose tap the AFD-Module sits at."),
-    weights: Optional[str] = typer.Option("random", help="Backbone weights; timing does not depend on them."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone whose tap the AFD-Module sits at."),
+    weights: Optional[str] = typer.Option(
+        None, help="Backbone weights (default: see README; 'random' for none: timing does not depend on them)."),
     tap: Optional[str] = typer.Option(None, help="Tap point (default: the backbone's)."),
     enhancer: Optional[Path] = typer.Option(None, help="A trained AFD checkpoint to time instead of a fresh one."),
     image_size: int = typer.Option(224, min=32),

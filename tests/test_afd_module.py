@@ -36,7 +36,8 @@ def test_fdm_is_constant_over_each_block_and_varies_between_blocks():
     config = AFDConfig(feature_channels=16, widths=(8, 16, 32))
     fde = trained_like(FDENet(config))
     feature, images = inputs(size=64)
-    fdm = fde(images, feature.shape[-2:])  # stride 2: each 8x8 block covers 4x4 feature pixels
+    assert fde(images).shape == (2, 1, 8, 8)  # one value per 8x8 block
+    fdm = fill_blocks(fde(images), feature.shape[-2:])  # stride 2: each 8x8 block covers 4x4 feature pixels
     assert fdm.shape == (2, 1, 32, 32)
     blocks = fdm.unfold(2, 4, 4).unfold(3, 4, 4)  # (N, 1, 8, 8, 4, 4)
     assert torch.equal(blocks, blocks[..., :1, :1].expand_as(blocks))
@@ -49,14 +50,15 @@ def test_fdm_of_a_block_depends_only_on_that_block():
     feature, images = inputs(size=32)
     changed = images.clone()
     changed[:, :, :8, :8] = 1 - changed[:, :, :8, :8]
-    a, b = fde(images, (16, 16)), fde(changed, (16, 16))
-    assert not torch.equal(a[..., :4, :4], b[..., :4, :4])
-    assert torch.equal(a[..., 4:, :], b[..., 4:, :]) and torch.equal(a[..., :, 4:], b[..., :, 4:])
+    a, b = fde(images), fde(changed)
+    assert not torch.equal(a[..., :1, :1], b[..., :1, :1])
+    assert torch.equal(a[..., 1:, :], b[..., 1:, :]) and torch.equal(a[..., :, 1:], b[..., :, 1:])
 
 
 def test_per_channel_fdm():
     fde = trained_like(FDENet(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_per_channel=True)))
-    assert fde(inputs()[1], (28, 28)).shape == (2, 16, 28, 28)
+    fdm = fde(inputs()[1])
+    assert fdm.shape == (2, 16, 7, 7) and not torch.equal(fdm[:, :1], fdm[:, 1:2])
 
 
 @pytest.mark.parametrize(
@@ -83,14 +85,18 @@ def test_fdm_guides_the_residual():
     assert not torch.equal(module(feature, images), module(feature, torch.rand_like(images)))
 
 
-@pytest.mark.parametrize("fdm_source", ["dct", "none"])
-@pytest.mark.parametrize("size", [56, 72])  # 72: odd sizes inside the U-Net (36 -> 18 -> 9)
+@pytest.mark.parametrize("fdm_source", ["dct", "image_blocks", "shuffled_dct", "none"])
+@pytest.mark.parametrize("size", [56, 72, 88])  # odd sizes inside the U-Net: 72 (36 -> 18 -> 9), 88 (44 -> 22 -> 11 -> 6)
 def test_fused_module_equals_training_module(fdm_source, size):
-    module = trained_like(AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_source=fdm_source)))
+    module = trained_like(AFDModule(AFDConfig(feature_channels=16, widths=(8, 16, 32), fdm_source=fdm_source,
+                                              fdm_per_channel=fdm_source == "image_blocks")))
     fused = reparameterize(module)
     assert is_reparameterized(fused) and not any(
         isinstance(m, RepConv) and m.reparam_conv is None for m in fused.modules()
     )
+    assert not any(isinstance(m, torch.nn.Upsample) for m in fused.modules())
+    if fdm_source in ("dct", "image_blocks"):  # the front end and the first 1x1 conv are one conv now
+        assert fused.fde.frequency_input is None and fused.fde.stages[0].kernel_size == (8, 8)
     feature, images = inputs(size=size)
     with torch.no_grad():
         expected, actual = module(feature, images), fused(feature, images)

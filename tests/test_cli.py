@@ -92,7 +92,29 @@ def test_degrade_writes_a_lossy_png(tmp_path):
     assert after.size == before.size and after.tobytes() != before.tobytes()
 
 
+def test_degrade_writes_the_format_its_suffix_names_and_refuses_a_lossy_one(tmp_path):
+    source = tmp_path / "in.png"
+    Image.open(sample_photos()["coffee"]).convert("RGB").crop((0, 0, 64, 64)).save(source)
+    result = runner.invoke(app, ["degrade", str(source), str(tmp_path / "out.bmp"), "--level", "7"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out.bmp").format == "BMP"
+    refused = runner.invoke(app, ["degrade", str(source), str(tmp_path / "out.jpg"), "--level", "7"])
+    assert refused.exit_code == 2 and "out.jpg: .jpg is not a lossless image format" in refused.output
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_classify_from_the_registry_without_a_tracking_server_names_it_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = runner.invoke(app, ["classify", str(sample_photos()["coffee"]), "--model",
+                                 "models:/afd-efficientnet_lite0@champion"])
+    assert result.exit_code == 2, result.output
+    assert "MLFLOW_TRACKING_URI is not set" in result.output and "sqlite:///mlflow.db" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_efficiency_prints_the_table_and_ratios():
-    result = runner.invoke(app, ["efficiency", "--backbone", "resnet50", "--image-size", "64", "--repeats", "1"])
+    result = runner.invoke(app, ["efficiency", "--backbone", "resnet50", "--weights", "random", "--image-size", "64",
+                                 "--repeats", "1"])
     assert result.exit_code == 0, result.output
     assert "| AFD (fused) |" in result.output and "fusing_speedup:" in result.output

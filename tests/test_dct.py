@@ -9,7 +9,7 @@ from afd.model.dct import (
     ImageBlocks,
     ShuffledBlockDCT,
     build_frequency_input,
-    rgb_to_level_shifted_ycbcr,
+    LevelShiftedYCbCr,
     zigzag_order,
 )
 
@@ -72,7 +72,7 @@ def test_each_block_is_transformed_on_its_own():
 def test_image_blocks_are_the_level_shifted_pixels_of_each_block():
     images = torch.rand(1, 3, 16, 16)
     blocks = ImageBlocks()(images)
-    ycbcr = rgb_to_level_shifted_ycbcr(images)
+    ycbcr = LevelShiftedYCbCr()(images)
     assert blocks.shape == (1, 192, 2, 2)
     # channel c*64 + 8*row + col holds pixel (row, col) of colour channel c in each block
     assert torch.allclose(blocks[0, 64 + 8 * 3 + 5, 1, 0], ycbcr[0, 1, 8 + 3, 5])

@@ -223,16 +223,22 @@ def test_the_fused_classifier_is_registered_with_signature_exports_and_lineage(r
     mlflow.set_tracking_uri(TRACKING_ENV["MLFLOW_TRACKING_URI"])
     info = mlflow.models.get_model_info(f"models:/afd-{BACKBONE}/{receipt['version']}")
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 224, 224)
-    # the attached deploy formats, downloaded from the server (artifacts proxied to S3), still agree
+    # one URI gives every format: the program, and the .pte and .onnx inside the same model version
     from afd.data.images import load_image, to_batch
-    from afd.ops.export import run_executorch, run_onnx
+    from afd.ops.export import load_program, lower_to_xnnpack, run_executorch, run_onnx, undelegated_ops
 
-    deploy = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="deploy", dst_path=tmp_path))
-    model = mlflow.pytorch.load_model(f"models:/afd-{BACKBONE}/{receipt['version']}")
-    images = to_batch([load_image(p) for p in sorted((repo / "data" / "eval" / "jpeg" / "jpeg_q7").iterdir())[:2]])
-    expected = model(images[:1])
-    assert (run_executorch(deploy / f"afd-{BACKBONE}.pte", images[:1]) - expected).abs().max() < 1e-4
-    assert (run_onnx(deploy / "onnx" / f"afd-{BACKBONE}.onnx", images) - model(images)).abs().max() < 1e-4
+    uri = f"models:/afd-{BACKBONE}/{receipt['version']}"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    model = mlflow.pytorch.load_model(uri)
+    images = to_batch([load_image(p) for p in sorted((repo / "data" / "eval" / "jpeg" / "jpeg_q7").iterdir())[:4]])
+    expected = model(images)
+    assert (run_executorch(local / "extra_files" / f"afd-{BACKBONE}.pte", images) - expected).abs().max() < 1e-4
+    assert (run_onnx(local / "extra_files" / f"afd-{BACKBONE}.onnx", images) - expected).abs().max() < 1e-4
+    # only what loading the model needs: no packages this project's process happened to import
+    requirements = {line.split("==")[0] for line in (local / "requirements.txt").read_text().split()}
+    assert requirements == {"mlflow", "torch"}
+    # ExecuTorch's own delegation report: XNNPACK runs every node of the registered program
+    assert undelegated_ops(lower_to_xnnpack(load_program(local / "data" / "model.pt2"))) == {}
 
 
 @pytest.fixture(scope="module")
@@ -274,11 +280,17 @@ def test_the_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse
         with mlflow.start_run():
             return register_classifier(model, BACKBONE, images, GateScores(score, 0.5, 0.9, 0.8), {"test": "gate"})
 
-    best = register(0.90)
+    best = register(0.8999996)  # a score that six decimals would round up, past itself
     assert best.alias == "champion"
     worse = register(0.70)  # beats DirectTest, but not the champion
     assert worse.alias == "challenger"
     assert client().get_model_version_by_alias(name, "champion").version == best.version
+    # the gate reads the champion's score back exactly: the same score again is not "below" it,
+    # and a score below it in the 7th decimal is
+    again = register(0.8999996)
+    assert again.alias == "champion", again.reason
+    assert register(0.8999995).alias == "challenger"
+    best = again
 
     # a deployment team's fresh process: models:/...@champion gives the in-process model's logits
     np.save(tmp_path / "images.npy", images.numpy())

@@ -74,7 +74,7 @@ def test_an_enhancer_for_another_tap_width_is_refused_by_classify_and_efficiency
     line = _one_error_line(runner.invoke(app, [*efficiency, "--enhancer", str(tmp_path / "afd64.pt")]))
     assert "the AFD-Module takes 64-channel features, but efficientnet_lite0's tap 'stem' gives 32" in line
     line = _one_error_line(runner.invoke(app, [*efficiency, "--enhancer", str(tmp_path / "ddp64.pt")]))
-    assert "times a trained (unfused) AFD-Module, not a DDPEnhancer" in line
+    assert "times a trained (unfused) AFD-Module, and this is DDPEnhancer" in line
 
 
 # ---- outputs ------------------------------------------------------------------------------------
@@ -89,16 +89,16 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("where", ["a_directory", "under_a_file"])
 def test_an_output_that_cannot_be_written_is_one_line(tmp_path, photo, trained, where):
-    if where == "a_directory":
-        output = tmp_path / "out"
-        output.mkdir()
-        reason = "Is a directory"
-    else:
-        (tmp_path / "file").write_text("x")
-        output = tmp_path / "file" / "out"
-        reason = "File exists"  # mkdir of a parent that is a file
-    for command in (["degrade", str(photo), str(output)], ["fuse", str(trained), str(output)]):
-        line = _one_error_line(runner.invoke(app, command))
+    (tmp_path / "file").write_text("x")
+    for command, source, name in (("degrade", photo, "out.png"), ("fuse", trained, "out.pt")):
+        if where == "a_directory":
+            output = tmp_path / name
+            output.mkdir()
+            reason = "Is a directory"
+        else:
+            output = tmp_path / "file" / name
+            reason = "File exists"  # mkdir of a parent that is a file
+        line = _one_error_line(runner.invoke(app, [command, str(source), str(output)]))
         assert line == f"error: {output}: cannot write it ({reason})", line
     assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temporary left behind
 
@@ -110,7 +110,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, photo, trained, co
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
 
-    output = tmp_path / "out"
+    output = tmp_path / ("out.png" if command == "degrade" else "out.pt")
     source = str(photo) if command == "degrade" else str(trained)
     result = subprocess.run([sys.executable, "-m", "afd.cli", command, source, str(output)],
                             capture_output=True, text=True, preexec_fn=limit_file_size)

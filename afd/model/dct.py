@@ -72,11 +72,18 @@ def dct_filters() -> torch.Tensor:
     return basis.repeat(3, 1, 1).unsqueeze(1)
 
 
-def rgb_to_level_shifted_ycbcr(images: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] (N, 3, H, W) -> YCbCr on the 0..255 scale, level-shifted by -128."""
-    matrix = _RGB_TO_YCBCR.to(images)
-    offset = _LEVEL_SHIFTED_OFFSET.to(images).view(1, 3, 1, 1)
-    return torch.einsum("oc,nchw->nohw", matrix, images * 255.0) + offset
+class LevelShiftedYCbCr(nn.Module):
+    """RGB in [0, 1] (N, 3, H, W) -> YCbCr on the 0..255 scale, level-shifted by -128: a fixed 1x1
+    conv. Its constants are float64 buffers cast to the input's dtype, so a float64 forward is
+    exact to rounding and an exported float32 program holds them as ordinary conv weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", (_RGB_TO_YCBCR * 255.0).view(3, 3, 1, 1), persistent=False)
+        self.register_buffer("bias", _LEVEL_SHIFTED_OFFSET.clone(), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(images, self.weight.to(images.dtype), self.bias.to(images.dtype))
 
 
 def check_block_aligned(images: torch.Tensor) -> None:
@@ -93,26 +100,37 @@ def check_block_aligned(images: torch.Tensor) -> None:
 class BlockDCT(nn.Module):
     """RGB [0, 1] -> (N, 192, H/8, W/8) orthonormal DCT coefficients of each 8x8 YCbCr block."""
 
+    same_for_every_block = True  # an affine map of each block alone: FDE-Net can fold it (afd_module)
+
     def __init__(self):
         super().__init__()
+        self.ycbcr = LevelShiftedYCbCr()
         self.register_buffer("filters", dct_filters(), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_block_aligned(images)
-        ycbcr = rgb_to_level_shifted_ycbcr(images)
+        ycbcr = self.ycbcr(images)
         return F.conv2d(ycbcr, self.filters.to(ycbcr.dtype), stride=BLOCK, groups=3)
 
 
 class ImageBlocks(nn.Module):
     """RGB [0, 1] -> (N, 192, H/8, W/8) raw level-shifted YCbCr pixels of each 8x8 block."""
 
+    same_for_every_block = True
+
+    def __init__(self):
+        super().__init__()
+        self.ycbcr = LevelShiftedYCbCr()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_block_aligned(images)
-        return F.pixel_unshuffle(rgb_to_level_shifted_ycbcr(images), BLOCK)
+        return F.pixel_unshuffle(self.ycbcr(images), BLOCK)
 
 
 class ShuffledBlockDCT(nn.Module):
     """Block DCT whose 192 coefficients are permuted by a fixed random permutation per block position."""
+
+    same_for_every_block = False  # the permutation depends on where the block is
 
     def __init__(self, seed: int = 0):
         super().__init__()

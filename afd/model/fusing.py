@@ -27,7 +27,7 @@ def fuse_and_verify(
     without them a seeded random feature and image are used.
     """
     if not isinstance(module, AFDModule):
-        raise AFDError(f"{source}: only an AFD-Module can be fused, not a {type(module).__name__}")
+        raise AFDError(f"{source}: only an AFD-Module can be fused, and this is {type(module).__name__}")
     if is_reparameterized(module):
         raise AFDError(f"{source}: already fused")
     if feature is None or images is None:

@@ -105,6 +105,10 @@ class RepConv(nn.Module):
             self.branch_3x3_1x1 = Conv3x3Then1x1(in_channels, mid_channels, out_channels, stride)
             self.branch_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride=stride)
 
+    @property
+    def deployed(self) -> bool:
+        return self.reparam_conv is not None
+
     def _single_conv(self) -> nn.Conv2d:
         return nn.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride, padding=1)
 
@@ -133,17 +137,23 @@ class RepConv(nn.Module):
         del self.branch_1x1_3x3, self.branch_3x3_1x1, self.branch_1x1
 
 
+def _reparameterizable(model: nn.Module) -> list[nn.Module]:
+    """The blocks of `model` that have a deploy form: a `deployed` flag and `reparameterize()` (RepConv,
+    and the AFD-Module's FDE-Net and upsampling)."""
+    return [m for m in model.modules() if hasattr(m, "deployed") and callable(getattr(m, "reparameterize", None))]
+
+
 def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Fuse every RepConv in `model`; returns a model with no multi-branch block left.
+    """Switch every block of `model` that has a deploy form to it; returns a model with no
+    multi-branch block left.
 
     The training model is left untouched unless `inplace` is set.
     """
     model = model if inplace else copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, RepConv):
-            module.reparameterize()
+    for module in _reparameterizable(model):
+        module.reparameterize()
     return model
 
 
 def is_reparameterized(model: nn.Module) -> bool:
-    return all(m.reparam_conv is not None for m in model.modules() if isinstance(m, RepConv))
+    return all(m.deployed for m in _reparameterizable(model))

@@ -54,8 +54,8 @@ def compare_efficiency(
     channels, stride = backbone.tap_channels(tap), backbone.tap_stride(tap)
     afd = afd if afd is not None else AFDModule(AFDConfig(feature_channels=channels))
     if not isinstance(afd, AFDModule) or is_reparameterized(afd):
-        raise ConfigError(f"the efficiency table times a trained (unfused) AFD-Module, not a "
-                          f"{'fused ' if isinstance(afd, AFDModule) else ''}{type(afd).__name__}")
+        raise ConfigError("the efficiency table times a trained (unfused) AFD-Module, and this is "
+                          f"{'a fused AFD-Module' if isinstance(afd, AFDModule) else type(afd).__name__}")
     if afd.feature_channels != channels:
         raise ConfigError(f"the AFD-Module takes {afd.feature_channels}-channel features, but {backbone_name}'s "
                           f"tap {tap!r} gives {channels}")

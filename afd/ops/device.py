@@ -24,7 +24,7 @@ DEVICE_TAG = "device"  # prefix of the version tags the benchmark writes
 def _client():
     import mlflow
 
-    use_tracking_server()
+    use_tracking_server(existing=True)
     return mlflow.MlflowClient()
 
 

@@ -8,6 +8,7 @@ Both go through `torch.export`: TorchScript is deprecated in this torch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -26,9 +27,21 @@ from afd.io import atomic_path
 EXPORT_TOLERANCE = 1e-4
 
 
-def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """`torch.export` of `model` in eval mode."""
-    return torch.export.export(model.eval(), (example,))
+MAX_BATCH = 1024  # the largest batch a program with a dynamic batch dimension takes
+
+
+def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> torch.export.ExportedProgram:
+    """`torch.export` of `model` in eval mode at `example`'s shape (with `dynamic_batch`, any batch
+    up to MAX_BATCH). Every buffer is first cast to `example`'s dtype (the DCT's float64 constants):
+    a cast left in the graph would keep a runtime from taking the conv it feeds as one with constant
+    weights, and XNNPACK would not run it."""
+    model = copy.deepcopy(model).to(example.dtype).eval()
+    if not dynamic_batch:
+        return torch.export.export(model, (example,))
+    if example.shape[0] == 1:  # torch.export specialises a size-1 dimension, whatever dynamic_shapes say
+        example = torch.cat([example, example])
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
 def save_program(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
@@ -117,20 +130,68 @@ def static_program(program: torch.export.ExportedProgram, example: torch.Tensor)
     return torch.export.export(program.module(), (example,))
 
 
+def _infer_batch_in_reshapes(graph_module: torch.fx.GraphModule):
+    """Write the batch of each reshape as -1. torch.export writes it as a symbol, and XNNPACK
+    reshapes only one inferred dimension, so without this every reshape of a dynamic-batch program
+    (pixel shuffles, the FDM's block view, the classifier's flatten) falls out of the delegate."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target == exir_ops.edge.aten.view_copy.default:
+            shape = list(node.args[1])
+            symbolic = [i for i, size in enumerate(shape) if not isinstance(size, int)]
+            if len(symbolic) == 1:
+                shape[symbolic[0]] = -1
+                node.args = (node.args[0], shape)
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    return PassResult(graph_module, True)
+
+
+def lower_to_xnnpack(program: torch.export.ExportedProgram):
+    """The program in ExecuTorch's edge dialect with what XNNPACK runs delegated to it."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge, to_edge_transform_and_lower
+
+    if not program.range_constraints:
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    return to_edge(program).transform([_infer_batch_in_reshapes]).to_backend(XnnpackPartitioner())
+
+
+# Nodes outside the delegate that only take its outputs apart (and read the batch size): plumbing.
+_PLUMBING_OPS = {"getitem", "sym_size"}
+
+
+def undelegated_ops(lowered) -> dict[str, int]:
+    """ExecuTorch's delegation report of a lowered program (`lower_to_xnnpack`): how many nodes of
+    each op run outside the XNNPACK delegate, on ExecuTorch's portable kernels, plumbing aside."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    report = get_delegation_info(lowered.exported_program().graph_module)
+    return {op: counts.non_delegated for op, counts in sorted(report.delegation_by_operator.items())
+            if counts.non_delegated and op not in _PLUMBING_OPS}
+
+
 def export_executorch(
-    model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor, path: str | os.PathLike
+    model: nn.Module | torch.export.ExportedProgram, example: torch.Tensor, path: str | os.PathLike,
+    dynamic_batch: bool = False, require_delegated: bool = False,
 ) -> Path:
     """Lower `model` (or an exported program) to an ExecuTorch program with the XNNPACK delegate,
-    at `example`'s shape: a dynamic batch dimension (as in registered programs) is fixed first, so
-    every program a benchmark compares is planned the same way."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
+    at `example`'s shape, or for any batch with `dynamic_batch`. A program's own dynamic batch is
+    fixed first unless `dynamic_batch` (a benchmark compares programs all planned the same way).
+    `require_delegated`: refuse (AFDError) a program that XNNPACK would not run whole."""
     if isinstance(model, torch.export.ExportedProgram):
-        exported = static_program(model, example)
+        exported = model if dynamic_batch else static_program(model, example)
     else:
-        exported = export_program(model, example)
-    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+        exported = export_program(model, example, dynamic_batch)
+    lowered = lower_to_xnnpack(exported)
+    left = undelegated_ops(lowered)
+    if require_delegated and left:
+        raise AFDError(f"{display_name(path)}: XNNPACK does not run {sum(left.values())} node(s) of this model "
+                       f"({', '.join(f'{op} x{n}' for op, n in left.items())}); they would fall back to "
+                       "ExecuTorch's slow portable kernels")
+    program = lowered.to_executorch()
     with atomic_path(path) as tmp:
         tmp.write_bytes(program.buffer)
     return Path(path)
@@ -164,11 +225,8 @@ def executorch_threads(threads: int) -> Iterator[None]:
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
     """ONNX with a dynamic batch dimension."""
-    if example.shape[0] == 1:  # torch.export specialises a size-1 dimension, whatever dynamic_shapes say
-        example = torch.cat([example, example])
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["images"],
-                                output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+    program = torch.onnx.export(export_program(model, example, dynamic_batch=True), dynamo=True,
+                                input_names=["images"], output_names=["logits"], verbose=False)
     with atomic_path(path) as tmp:
         program.save(str(tmp))
     return Path(path)

@@ -220,16 +220,18 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
                                                            {**tags, "stage": "register"}):
         tmp = Path(tmp)
         formats = params["register"]["deploy_formats"]
-        attachments, differences = {"benchmark": tmp / "benchmark"}, {}
-        if "executorch" in formats:
-            attachments["deploy"] = export_executorch(model, images[:1], tmp / f"afd-{backbone_name}.pte")
-            differences["pte_max_abs_diff"] = check_export(model, run_executorch, attachments["deploy"], images[:1])
+        deploy_files, differences = [], {}
+        if "executorch" in formats:  # any batch, every op run by XNNPACK (or the registration fails here)
+            deploy_files.append(export_executorch(model, images, tmp / f"afd-{backbone_name}.pte",
+                                                  dynamic_batch=True, require_delegated=True))
+            differences["pte_max_abs_diff"] = check_export(model, run_executorch, deploy_files[-1], images)
         if "onnx" in formats:
-            attachments["deploy/onnx"] = export_onnx(model, images[:1], tmp / f"afd-{backbone_name}.onnx")
-            differences["onnx_max_abs_diff"] = check_export(model, run_onnx, attachments["deploy/onnx"], images)
+            deploy_files.append(export_onnx(model, images, tmp / f"afd-{backbone_name}.onnx"))
+            differences["onnx_max_abs_diff"] = check_export(model, run_onnx, deploy_files[-1], images)
         if differences:
             log_metrics(differences)
         comparison_programs(params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")
-        registration = register_classifier(model, backbone_name, images[:2], scores, tags, attachments)
+        registration = register_classifier(model, backbone_name, images[:2], scores, tags, deploy_files,
+                                           {"benchmark": tmp / "benchmark"})
     return {"name": registration.name, "version": registration.version, "alias": registration.alias,
             "reason": registration.reason, "run_id": registration.run_id, "new_version": True, **differences}

@@ -37,7 +37,7 @@ def registered_program(uri: str, into: Path) -> Path:
     from afd.errors import AFDError, first_line
     from afd.ops.tracking import use_tracking_server
 
-    server = use_tracking_server()
+    server = use_tracking_server(existing=True)
     try:
         local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(into)))
     except Exception as error:  # MlflowException, or an OSError / HTTP error from the artifact store
@@ -117,17 +117,27 @@ class Registration:
     run_id: str
 
 
+def model_requirements() -> list[str]:
+    """What loading a registered classifier needs besides MLflow: torch alone (it is a torch.export
+    program). MLflow would otherwise infer the requirements from every module imported while the
+    model is loaded, which drags in what this project's own process happened to import."""
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
 def register_classifier(
     model: nn.Module,
     backbone: str,
     example: torch.Tensor,
     scores: GateScores,
     tags: dict[str, str],
+    deploy_files: list[Path] = (),
     attachments: dict[str, Path] | None = None,
 ) -> Registration:
     """Log `model` (pytorch flavour, pyfunc-loadable) with signature and input example, register
     it as afd-<backbone>, tag the version, then apply the gate. Call inside an active MLflow run.
-    `example` needs a batch of 2 or more, so the stored program keeps a dynamic batch dimension."""
+    `example` needs a batch of 2 or more, so the stored program keeps a dynamic batch dimension.
+    `deploy_files` (the other formats) become part of the model version itself, under
+    `extra_files/`, so one model URI gives every format; `attachments` go to the run only."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -139,6 +149,7 @@ def register_classifier(
         model, name="model", serialization_format="pt2",  # a program, never a pickle
         signature=infer_signature(example.numpy(), logits.numpy()),
         input_example=example.numpy(), registered_model_name=name,
+        extra_files=[str(path) for path in deploy_files] or None, pip_requirements=model_requirements(),
     )
     for folder, path in (attachments or {}).items():  # a file, or a folder's files, under `folder`
         if Path(path).is_dir():
@@ -147,8 +158,8 @@ def register_classifier(
             mlflow.log_artifact(str(path), artifact_path=folder)
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
-    for key, value in {**tags, SCORE_TAG: f"{scores.candidate:.6f}",
-                       "gate.direct_score": f"{scores.direct:.6f}"}.items():
+    # repr: the exact float, so the gate compares a later candidate with the champion's true score
+    for key, value in {**tags, SCORE_TAG: repr(scores.candidate), "gate.direct_score": repr(scores.direct)}.items():
         client.set_model_version_tag(name, version, key, str(value))
     alias, reason = gate(scores, champion_score(client, name))
     client.set_model_version_tag(name, version, "gate.decision", f"{alias}: {reason}")

@@ -29,15 +29,21 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def use_tracking_server() -> str:
+def use_tracking_server(existing: bool = False) -> str:
     """Point MLflow at `tracking_uri()` and return it as messages may show it (credentials
     redacted). A server that refuses the connection or whose host does not resolve is an AFDError
-    at once: MLflow would retry that for minutes. Timeouts and server errors keep MLflow's retries."""
+    at once: MLflow would retry that for minutes. Timeouts and server errors keep MLflow's retries.
+    `existing`: for a reader (of a registered model, say): a SQLite store that does not exist is an
+    AFDError, where MLflow would create an empty one in the current folder."""
     import mlflow
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
     shown = redact(uri)
+    if existing and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        unset = "" if os.environ.get("MLFLOW_TRACKING_URI") else "MLFLOW_TRACKING_URI is not set, so "
+        raise AFDError(f"{unset}MLflow tracking is the SQLite file {shown}, and there is no {uri[len('sqlite:///'):]} "
+                       f"in {Path.cwd()}: set MLFLOW_TRACKING_URI to the server that holds the model")
+    mlflow.set_tracking_uri(uri)
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https") and parts.hostname:
         try:
