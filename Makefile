@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install repro test bench up down retrain clean
+.PHONY: install repro test bench up down retrain deploy-check clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,21 @@ down: $(INSTALLED)
 retrain: $(INSTALLED)
 	$(BIN)/python -m services.stack retrain
 
+# A deployment team's view: a venv with mlflow, torch and the two runtimes only (not this project)
+# pulls the champion by its URI and checks its .pte and .onnx against its PyTorch program (needs `make repro`).
+DEPLOY_VENV := .venv-deploy
+$(DEPLOY_VENV)/.installed:
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet mlflow-skinny==3.17.2 torch==2.14.1 executorch==1.5.1 onnxruntime==1.32.0
+	touch $@
+
+deploy-check: $(DEPLOY_VENV)/.installed
+	$(DEPLOY_VENV)/bin/python deploy/check_champion.py $(MODEL)
+
 bench: $(INSTALLED)
 	$(BIN)/python benches/efficiency.py
 	$(BIN)/python benches/inference_form.py
 	$(BIN)/python benches/harness.py  # needs `make repro`'s data
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache

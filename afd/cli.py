@@ -151,22 +151,41 @@ def efficiency(
     image_size: int = typer.Option(224, min=32),
     threads: int = typer.Option(1, min=1),
     repeats: int = typer.Option(10, min=1),
+    executorch: bool = typer.Option(False, help="Also lower the whole classifiers to ExecuTorch (XNNPACK), "
+                                                "int8 included, and time them in the same run (about a minute)."),
 ):
     """Params, MACs and CPU latency of the backbone, AFD (unfused and fused), DDP and ARCNN."""
+    import tempfile
+
     from afd.model.checkpoint import load_enhancer
-    from afd.ops.benchmark import compare_efficiency, efficiency_ratios, format_table
+    from afd.ops.benchmark import (
+        EAGER,
+        compare_efficiency,
+        efficiency_ratios,
+        format_runtime_table,
+        format_table,
+        target_verdicts,
+    )
 
     afd = load_enhancer(enhancer)[0] if enhancer else None
-    try:
-        rows = compare_efficiency(
-            backbone, tap, weights, afd, image_size, threads, repeats=repeats,
-            progress=lambda names: typer.echo(f"timing {names} ...", err=True),
-        )
-    except ConfigError as error:
-        raise ConfigError(f"{display_name(enhancer)}: {error}" if enhancer else str(error)) from None
-    typer.echo(format_table([row.to_dict() for row in rows]))
-    for key, value in efficiency_ratios(rows).items():
+    with tempfile.TemporaryDirectory(prefix="afd-efficiency-") as programs:
+        try:
+            rows = compare_efficiency(
+                backbone, tap, weights, afd, image_size, threads, repeats=repeats,
+                progress=lambda names: typer.echo(f"timing {names} ...", err=True),
+                executorch_dir=programs if executorch else None,
+            )
+        except ConfigError as error:
+            raise ConfigError(f"{display_name(enhancer)}: {error}" if enhancer else str(error)) from None
+    measured = [row.to_dict() for row in rows]
+    typer.echo(format_table([row for row in measured if row["runtime"] == EAGER]))
+    if executorch:
+        typer.echo("\n" + format_runtime_table(measured))
+    ratios = efficiency_ratios(rows)
+    for key, value in ratios.items():
         typer.echo(f"{key}: {value:.3f}")
+    for verdict in target_verdicts(ratios):
+        typer.echo(verdict)
 
 
 def main() -> None:  # `python -m afd.cli`

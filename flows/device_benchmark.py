@@ -14,13 +14,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from afd.ops.benchmark import device_ratios, format_table
+from afd.ops.benchmark import EXECUTORCH, device_ratios, format_table, target_verdicts
 from afd.ops.device import device_description, fetch_programs, record_results, resolve_version, run_benchmark
 from flows.retries import TRANSIENT_RETRIES
 
 
 @task(name="fetch-from-registry", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def fetch(backbone: str, version: str | None, workdir: str) -> tuple[str, str, dict[str, str]]:
+def fetch(backbone: str, version: int | None, workdir: str) -> tuple[str, str, dict[str, str]]:
     found = resolve_version(backbone, version)
     programs = fetch_programs(found, Path(workdir))
     return found.name, str(found.version), {role: str(path) for role, path in programs.items()}
@@ -39,7 +39,7 @@ def record(backbone: str, version: str, rows: list[dict], settings: dict, device
 
 
 @flow(name="afd-device-benchmark", log_prints=True)
-def device_benchmark(backbone: str = "efficientnet_lite0", version: str | None = None, threads: int = 1,
+def device_benchmark(backbone: str = "efficientnet_lite0", version: int | None = None, threads: int = 1,
                      warmup: int = 3, repeats: int = 20) -> dict:
     """Benchmark models:/afd-<backbone>/<version> (default: @champion) on this machine."""
     device = device_description()
@@ -54,7 +54,9 @@ def device_benchmark(backbone: str = "efficientnet_lite0", version: str | None =
         description=f"{name} version {version} on {device}",
         markdown=(f"`{name}` version {version} on **{device}**: ExecuTorch (XNNPACK), batch 1 at 224x224, "
                   f"{threads} thread(s), {warmup} warm-up runs, {repeats} interleaved repeats.\n\n"
-                  + format_table(rows) + "\n\n" + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items())))
+                  + format_table(rows) + "\n\n" + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()) + "\n\n"
+                  + "\n".join(f"- {verdict}" for verdict in target_verdicts(
+                      {f"{EXECUTORCH}.{key}": value for key, value in ratios.items()}))))
     print(f"{name} version {version} on {device}: " + ", ".join(f"{r['role']} {r['median_ms']:.1f} ms" for r in rows))
     return {"name": name, "version": version, "device": device, "rows": rows, "ratios": ratios}
 

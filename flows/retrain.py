@@ -87,7 +87,7 @@ def benchmark_on_device(backbone: str, version: str, deployment: str, timeout_s:
     from prefect.states import Cancelled
 
     try:
-        run = run_deployment(deployment, parameters={"backbone": backbone, "version": version},
+        run = run_deployment(deployment, parameters={"backbone": backbone, "version": int(version)},
                              timeout=timeout_s, poll_interval=2)
     except ObjectNotFound:
         raise AFDError(f"deployment {deployment!r} does not exist: deploy prefect.yaml (`make up`)") from None

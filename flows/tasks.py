@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from afd.errors import AFDError
-from afd.ops.benchmark import format_table
+from afd.ops.benchmark import efficiency_markdown
 from afd.ops.layout import METRICS
 from afd.ops.report import grid_summary
 from flows.dag import Stage
@@ -225,7 +225,7 @@ def publish_efficiency() -> dict:
     measured = json.loads((METRICS / "efficiency.json").read_text())
     parts = []
     for backbone, table in measured.items():
-        parts += [f"### {backbone}", table["setup"], format_table(table["rows"])]
+        parts += [f"### {backbone}", efficiency_markdown(table)]
     create_markdown_artifact(markdown="\n\n".join(parts), key="efficiency",
                              description="Efficiency (Table VII), measured on the training machine")
     return {backbone: table["ratios"] for backbone, table in measured.items()}

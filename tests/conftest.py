@@ -38,7 +38,8 @@ def tiny_params() -> dict:
     params["profiles"]["default"].update(patch_count=8, iterations=12, batch_size=2, crop=64,
                                          lr_drop_at=8, checkpoint_every=2)
     params["evaluate"]["batch_size"] = 4
-    params["efficiency"].update(warmup=1, repeats=1)
+    params["efficiency"].update(warmup=1, repeats=1, executorch=False)  # tests/test_efficiency.py lowers them
+    params["register"]["int8_calibration_patches"] = 4
     return params
 
 

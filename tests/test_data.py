@@ -486,7 +486,7 @@ def test_stage_scripts_build_the_layout(tmp_path, monkeypatch):
         ({"train.study_backbone": "resnet50"}, "train.study_backbone: 'resnet50' not among the train.backbones"),
         ({"sources.kind": "web"}, "sources.kind: Input should be 'embedded' or 'folders' (got 'web')"),
         ({"sources.kind": "folders"}, "sources: kind folders needs train_dir and eval_dir"),
-        ({"register.deploy_formats": ["tflite"]}, "register.deploy_formats.0: Input should be 'executorch' or 'onnx'"),
+        ({"register.deploy_formats": ["tflite"]}, "register.deploy_formats.0: Input should be 'executorch', 'executorch_int8' or 'onnx'"),
         ({"seed": 0.5}, "seed: Input should be a valid integer (got 0.5)"),
         ({"epochs": 3}, "epochs: unknown key"),
     ],

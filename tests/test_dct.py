@@ -7,9 +7,9 @@ from afd.errors import ConfigError
 from afd.model.dct import (
     BlockDCT,
     ImageBlocks,
+    LevelShiftedYCbCr,
     ShuffledBlockDCT,
     build_frequency_input,
-    LevelShiftedYCbCr,
     zigzag_order,
 )
 

@@ -47,8 +47,8 @@ def test_latency_statistics_are_ordered_and_restore_threads():
 def test_efficiency_comparison_has_every_method_and_consistent_ratios():
     rows = compare_efficiency("efficientnet_lite0", image_size=64, warmup=1, repeats=2)
     roles = [row.role for row in rows]
-    assert roles == ["backbone", "afd_unfused", "afd_fused", "backbone_with_afd", "afd_paper_unfused",
-                     "afd_paper_fused", "ddp", "arcnn"]
+    assert roles == ["backbone", "afd_unfused", "afd_fused", "backbone_with_afd", "backbone_with_afd_unfused",
+                     "afd_paper_unfused", "afd_paper_fused", "ddp", "arcnn"]
     by_role = {row.role: row.efficiency for row in rows}
     assert by_role["afd_fused"].params < by_role["afd_unfused"].params
     assert by_role["afd_fused"].macs < by_role["afd_unfused"].macs
@@ -61,6 +61,39 @@ def test_efficiency_comparison_has_every_method_and_consistent_ratios():
     assert ratios["fusing_speedup"] == pytest.approx(expected)
     table = format_table([row.to_dict() for row in rows])
     assert table.count("\n") == len(rows) + 1 and "AFD (fused)" in table
+
+
+def test_the_whole_classifiers_are_timed_on_executorch_in_the_same_run(tmp_path):
+    """Backbone alone, with the fused, the multi-branch and the int8 AFD, lowered and timed on
+    ExecuTorch interleaved with the eager rows; the ratios and the targets' verdicts follow."""
+    from afd.ops.benchmark import EXECUTORCH, efficiency_markdown, target_verdicts
+
+    rows = compare_efficiency("efficientnet_lite0", image_size=64, warmup=1, repeats=2, executorch_dir=tmp_path)
+    device = {row.role: row for row in rows if row.runtime == EXECUTORCH}
+    assert list(device) == ["direct", "afd", "afd_unfused", "afd_int8"]
+    assert all(row.efficiency.latency.median_ms > 0 for row in device.values())
+    eager = {row.role: row for row in rows if row.runtime != EXECUTORCH}
+    assert device["afd"].efficiency.macs == eager["backbone_with_afd"].efficiency.macs  # the same classifier
+    ratios = efficiency_ratios(rows)
+    expected = device["afd"].efficiency.latency.median_ms / device["direct"].efficiency.latency.median_ms - 1
+    assert ratios["executorch.afd_overhead"] == pytest.approx(expected)
+    assert {"executorch.fusing_speedup", "executorch.int8_speedup"} <= set(ratios)
+    verdicts = target_verdicts(ratios)
+    assert any(v.startswith("the fused AFD adds at most 15% to the backbone on ExecuTorch: ") for v in verdicts)
+    markdown = efficiency_markdown({"setup": "test", "rows": [row.to_dict() for row in rows], "ratios": ratios,
+                                    "targets": verdicts})
+    assert "| backbone + AFD (fused, int8) |" in markdown and "| AFD (fused) |" in markdown
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".pte"] * 4
+
+
+def test_a_target_says_met_or_by_how_much_it_was_missed():
+    from afd.ops.benchmark import Target
+
+    overhead = Target("executorch.afd_overhead", True, 0.15, "overhead")
+    assert overhead.verdict({"executorch.afd_overhead": 0.1}).startswith("overhead: met")
+    assert overhead.verdict({"executorch.afd_overhead": 0.4}).startswith("overhead: missed by 0.250")
+    assert Target("x", False, 1.5, "speedup").verdict({"x": 1.2}).startswith("speedup: missed by 0.300")
+    assert overhead.verdict({}) is None
 
 
 def test_device_benchmark_lowers_a_dynamic_batch_program_at_the_example_shape_and_times_it(tmp_path):

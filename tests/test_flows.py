@@ -280,7 +280,7 @@ def test_the_gate_registers_and_the_device_worker_benchmarks_the_version(first_r
     # ... measured by the device pool's worker, not by the training process
     (device_run,) = flow_runs(env, "afd-device-benchmark")
     assert device_run.state.is_completed() and device_run.work_pool_name == DEVICE_POOL
-    assert device_run.parameters == {"backbone": BACKBONE, "version": receipt["version"]}
+    assert device_run.parameters == {"backbone": BACKBONE, "version": int(receipt["version"])}  # `-p version=3` works
 
 
 def test_each_run_publishes_the_grid_and_efficiency_tables(first_run, env):

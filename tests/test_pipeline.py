@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from afd.model.checkpoint import load_enhancer
-from conftest import BACKBONE, make_tiny_project
+from conftest import BACKBONE, REPO, make_tiny_project
 
 AUDIT_ENV = "AFD_DEPENDENCY_AUDIT"  # stages/stage.py: where each stage records what it used
 
@@ -239,6 +239,18 @@ def test_the_fused_classifier_is_registered_with_signature_exports_and_lineage(r
     assert requirements == {"mlflow", "torch"}
     # ExecuTorch's own delegation report: XNNPACK runs every node of the registered program
     assert undelegated_ops(lower_to_xnnpack(load_program(local / "data" / "model.pt2"))) == {}
+    # the int8 program: its own format in the same version, measured on the clean and JPEG sets
+    assert (local / "extra_files" / f"afd-{BACKBONE}.int8.pte").is_file()
+    assert set(receipt["int8"]) == {"clean", "jpeg"} and set(receipt["float"]) == {"clean", "jpeg"}
+    drop = receipt["agreement_drop_jpeg_points"]
+    assert drop["low"] <= drop["value"] <= drop["high"]
+    assert float(version.tags["int8.metric.jpeg.agreement"]) == pytest.approx(receipt["int8"]["jpeg"]["agreement"])
+    # a deployment team's script, which imports nothing of this project, checks the same URI
+    check = subprocess.run([sys.executable, str(REPO / "deploy" / "check_champion.py"), uri], capture_output=True,
+                           text=True, cwd=tmp_path, env={**os.environ, **TRACKING_ENV})
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"afd-{BACKBONE}.pte: batch 4, max |format - PyTorch| = " in check.stdout
+    assert f"afd-{BACKBONE}.onnx: batch 4" in check.stdout and "(int8)" in check.stdout
 
 
 @pytest.fixture(scope="module")

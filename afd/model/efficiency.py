@@ -96,21 +96,7 @@ def measure_latency(
 class Efficiency:
     params: int
     macs: int
-    latency: Latency
+    latency: Latency | None  # None until timed
 
     def to_dict(self) -> dict:
         return {"params": self.params, "macs": self.macs, **self.latency.to_dict()}
-
-
-def measure_all(
-    candidates: Sequence[tuple[nn.Module, Sequence[torch.Tensor]]],
-    threads: int = 1,
-    warmup: int = 3,
-    repeats: int = 10,
-) -> list[Efficiency]:
-    """Parameters, MACs and (interleaved) latency of each (model, inputs)."""
-    latencies = measure_latencies(candidates, threads, warmup, repeats)
-    return [
-        Efficiency(count_parameters(model), count_macs(model, inputs), latency)
-        for (model, inputs), latency in zip(candidates, latencies)
-    ]

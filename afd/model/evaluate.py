@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +42,22 @@ class Outcomes:
     kl: list[float] = field(default_factory=list)
     feature_mse: list[float] = field(default_factory=list)
 
+    def add(self, log_probs: torch.Tensor, clean_log_probs: torch.Tensor, labels: list[int | None],
+            feature_mse: torch.Tensor | None = None) -> None:
+        """One batch: the method's log-probabilities against the clean reference's (and the
+        per-image MSE of its feature at the tap, where it has one)."""
+        prediction = log_probs.argmax(dim=1)
+        self.agree += (prediction == clean_log_probs.argmax(dim=1)).tolist()
+        self.correct += [None if label is None else int(p) == label for p, label in zip(prediction, labels)]
+        self.kl += F.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none").sum(dim=1).tolist()
+        if feature_mse is not None:
+            self.feature_mse += feature_mse.tolist()
+
     def metrics(self) -> dict:
         images = len(self.agree)
-        out = {"agreement": sum(self.agree) / images, "kl": sum(self.kl) / images,
-               "feature_mse": sum(self.feature_mse) / images}
+        out = {"agreement": sum(self.agree) / images, "kl": sum(self.kl) / images}
+        if self.feature_mse:  # a whole program (evaluate_logits) gives logits only
+            out["feature_mse"] = sum(self.feature_mse) / images
         labelled = [c for c in self.correct if c is not None]
         if labelled:
             out["top1"] = sum(labelled) / len(labelled)
@@ -133,18 +145,29 @@ def evaluate_set(
         clean = batch.clean.contiguous(memory_format=torch.channels_last)
         degraded = batch.degraded.contiguous(memory_format=torch.channels_last)
         clean_log_probs = reference.log_probs(index, clean)
-        clean_prediction = clean_log_probs.argmax(dim=1)
         for name, model in methods.items():
             target = reference.feature(index, clean, model.tap)  # methods may plug in at other taps
             feature = model.enhanced_feature(degraded)
             log_probs = model.backbone.forward_from_tap(feature, model.tap).log_softmax(dim=1)
-            prediction = log_probs.argmax(dim=1)
-            o = outcomes[name]
-            o.agree += (prediction == clean_prediction).tolist()
-            o.correct += [None if label is None else int(p) == label for p, label in zip(prediction, batch.labels)]
-            o.kl += F.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none").sum(dim=1).tolist()
-            o.feature_mse += ((feature - target) ** 2).flatten(1).mean(dim=1).tolist()
+            outcomes[name].add(log_probs, clean_log_probs, batch.labels, ((feature - target) ** 2).flatten(1).mean(dim=1))
     return dict(outcomes)
+
+
+@torch.inference_mode()
+def evaluate_logits(
+    backbone_classifier: nn.Module, predict: Callable[[torch.Tensor], torch.Tensor], sets: dict[str, Iterable[Batch]]
+) -> dict[str, Outcomes]:
+    """{set: outcomes} of a whole classifier that gives only logits, such as a deployed program
+    (`predict(images) -> logits`): agreement, top-1 and KL against the same clean reference as the
+    grid; no feature at the tap."""
+    reference = CleanReference(backbone_classifier)
+    outcomes: dict[str, Outcomes] = {}
+    for set_name, batches in tqdm(sets.items(), desc="sets", unit="set"):
+        outcomes[set_name] = Outcomes()
+        for index, batch in enumerate(batches):
+            clean_log_probs = reference.log_probs(index, batch.clean.contiguous(memory_format=torch.channels_last))
+            outcomes[set_name].add(predict(batch.degraded).log_softmax(dim=1), clean_log_probs, batch.labels)
+    return outcomes
 
 
 def evaluate_grid(

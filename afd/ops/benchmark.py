@@ -1,16 +1,23 @@
-"""The paper's efficiency comparison (Table VII) for one backbone and tap, measured in one run.
+"""The paper's efficiency comparison (Table VII) for one backbone and tap, measured in one run,
+and the project's speed targets (`TARGETS`).
 
-Rows: the backbone alone, the AFD-Module in its training (multi-branch) and fused forms, the
-backbone with the fused AFD plugged in, and a fresh module of every other method kind
-(afd.model.methods: the DDP-style enhancer at the tap, ARCNN on the full image). Every latency comes from the same process, thread count and input, with the repeats
-interleaved across rows, so the ratios between rows are meaningful even though the absolute times depend on the machine. Models and
-inputs are channels-last (NHWC) by default, the layout mobile runtimes such as XNNPACK use; on this
-CPU it also makes the small convolutions of the fused AFD markedly faster.
+Rows in eager PyTorch: the backbone alone, the AFD-Module in its training (multi-branch) and fused
+forms, the backbone with either plugged in, and a fresh module of every other method kind
+(afd.model.methods: the DDP-style enhancer at the tap, ARCNN on the full image). Rows on
+ExecuTorch (XNNPACK), what a phone runs: the whole classifiers, backbone alone and with the fused,
+multi-branch and int8 AFD. Every latency comes from the same process, thread count and input, with
+the repeats interleaved across rows and runtimes, so the ratios between rows are meaningful even
+though the absolute times depend on the machine. Eager models and inputs are channels-last (NHWC)
+by default, the layout XNNPACK uses; on this CPU it also makes the fused AFD's small convolutions faster.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,19 +26,24 @@ from afd.errors import ConfigError
 from afd.model.afd_module import AFD_SIZES, AFDConfig, AFDModule
 from afd.model.backbones import build_backbone
 from afd.model.classifier import EnhancedClassifier
-from afd.model.efficiency import Efficiency, measure_all
+from afd.model.efficiency import Efficiency, count_macs, count_parameters, measure_call_latencies
 from afd.model.methods import AT_TAP, BEFORE_BACKBONE, DIRECT_TEST, KINDS
 from afd.model.repconv import is_reparameterized, reparameterize
+from afd.ops.export import executorch_threads, export_executorch, export_program, load_executorch, quantize_int8
+
+EAGER, EXECUTORCH = "eager", "executorch"  # the runtimes a row can be timed on
 
 
 @dataclass(frozen=True)
 class Row:
-    role: str  # backbone, afd_unfused, afd_fused, backbone_with_afd, afd_paper_*, or another method kind
+    role: str  # backbone, afd_unfused, afd_fused, backbone_with_afd, afd_paper_*, or another method kind;
+    # on ExecuTorch the DEVICE_ROLES (whole classifiers)
     name: str
     efficiency: Efficiency
+    runtime: str = EAGER
 
     def to_dict(self) -> dict:
-        return {"role": self.role, "name": self.name, **self.efficiency.to_dict()}
+        return {"role": self.role, "name": self.name, "runtime": self.runtime, **self.efficiency.to_dict()}
 
 
 def compare_efficiency(
@@ -45,9 +57,13 @@ def compare_efficiency(
     repeats: int = 10,
     channels_last: bool = True,
     progress=None,
+    executorch_dir: str | Path | None = None,
 ) -> list[Row]:
     """Measure every method of Table VII on one random image; `afd` defaults to an untrained module
-    (timing does not depend on the weights). `progress(names)` is called before timing starts."""
+    (timing does not depend on the weights). `progress(names)` is called before timing starts.
+    With `executorch_dir`, the whole classifiers (backbone alone, with the fused, the multi-branch
+    and the int8 AFD) are also lowered to ExecuTorch programs there and timed in the same run,
+    interleaved with the eager ones."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     backbone = build_backbone(backbone_name, weights)
     tap = tap or backbone.default_tap
@@ -70,37 +86,114 @@ def compare_efficiency(
         ("afd_unfused", "AFD (multi-branch)", afd, (feature, images)),
         ("afd_fused", "AFD (fused)", fused, (feature, images)),
         ("backbone_with_afd", f"{backbone_name} + AFD (fused)", EnhancedClassifier(backbone, fused, tap), (images,)),
+        ("backbone_with_afd_unfused", f"{backbone_name} + AFD (multi-branch)", EnhancedClassifier(backbone, afd, tap),
+         (images,)),
         ("afd_paper_unfused", "AFD, paper size (multi-branch)", paper_size, (feature, images)),
         ("afd_paper_fused", "AFD, paper size (fused)", reparameterize(paper_size), (feature, images)),
         *((kind.name, kind.title, kind.new(channels, "small", "dct"),
            (feature, images) if kind.plugs_in == AT_TAP else (images,))
           for kind in KINDS.values() if not kind.fusable),  # the other kinds: the baselines
     ]
+    eager = [(model.eval().to(memory_format=layout), inputs) for _, _, model, inputs in candidates]
+    rows = [Row(role, name, Efficiency(count_parameters(model), count_macs(model, inputs), None))
+            for (role, name, _, _), (model, inputs) in zip(candidates, eager)]
+    eager_calls = [functools.partial(model, *inputs) for model, inputs in eager]
+    if executorch_dir is None:
+        if progress is not None:
+            progress(", ".join(name for _, name, _, _ in candidates))
+        with torch.inference_mode():
+            latencies = measure_call_latencies(eager_calls, threads, warmup, repeats)
+        return [dataclasses.replace(row, efficiency=dataclasses.replace(row.efficiency, latency=latency))
+                for row, latency in zip(rows, latencies)]
+
+    programs = classifier_programs(backbone, tap, afd, fused, images.contiguous())
+    ptes = {}
+    for role, (model, program) in programs.items():
+        if progress is not None:
+            progress(f"lowering {DEVICE_ROLES[role]} to ExecuTorch (XNNPACK)")
+        ptes[role] = export_executorch(program, images.contiguous(), Path(executorch_dir) / f"{role}.pte")
+        rows.append(Row(role, DEVICE_ROLES[role], Efficiency(count_parameters(model), count_macs(model, (images,)), None),
+                        EXECUTORCH))
     if progress is not None:
-        progress(", ".join(name for _, name, _, _ in candidates))
-    efficiencies = measure_all(
-        [(model.eval().to(memory_format=layout), inputs) for _, _, model, inputs in candidates],
-        threads, warmup, repeats,
-    )
-    return [Row(role, name, e) for (role, name, _, _), e in zip(candidates, efficiencies)]
+        progress(", ".join(row.name for row in rows))
+    inputs = [images.contiguous()]
+    with executorch_threads(threads), torch.inference_mode():  # methods load and go inside the pool's block
+        methods = [load_executorch(pte) for pte in ptes.values()]
+        latencies = measure_call_latencies(eager_calls + [lambda m=m: m.execute(inputs) for m in methods],
+                                           threads, warmup, repeats)
+        del methods
+    return [dataclasses.replace(row, efficiency=dataclasses.replace(row.efficiency, latency=latency))
+            for row, latency in zip(rows, latencies)]
+
+
+def classifier_programs(backbone: nn.Module, tap: str, afd: AFDModule, fused: AFDModule,
+                        example: torch.Tensor) -> dict[str, tuple[nn.Module, torch.export.ExportedProgram]]:
+    """The whole classifiers the device compares (DEVICE_ROLES but the JAR baselines), each as
+    (eager model, exported program), on the backbone's deployed form (BatchNorm folded, as
+    registered). The int8 one is calibrated on seeded random images: its latency does not depend
+    on its ranges (the registered int8 model is calibrated on training patches)."""
+    deployed = copy.deepcopy(backbone).to_inference_form(keep_padding=True)
+    models = {DIRECT_TEST: EnhancedClassifier(deployed, None, tap), "afd": EnhancedClassifier(deployed, fused, tap),
+              "afd_unfused": EnhancedClassifier(deployed, afd, tap)}
+    programs = {role: (model.eval(), export_program(model, example)) for role, model in models.items()}
+    calibration = torch.rand(8, *example.shape[1:], generator=torch.Generator().manual_seed(1))
+    programs["afd_int8"] = (models["afd"], quantize_int8(models["afd"], calibration))
+    return programs
 
 
 def efficiency_ratios(rows: list[Row]) -> dict[str, float]:
-    """The ratios the project's targets are stated in, from one run's rows."""
-    ms = {row.role: row.efficiency.latency.median_ms for row in rows}
+    """The ratios the project's targets are stated in, from one run's rows: in eager PyTorch, and
+    (prefixed `executorch.`) between the whole classifiers on ExecuTorch where they were timed."""
+    ms = {row.role: row.efficiency.latency.median_ms for row in rows if row.runtime == EAGER}
     return {
         "fusing_speedup": ms["afd_unfused"] / ms["afd_fused"],
         "afd_overhead": ms["afd_fused"] / ms["backbone"],
         "plugged_overhead": ms["backbone_with_afd"] / ms["backbone"] - 1.0,
+        "plugged_fusing_speedup": ms["backbone_with_afd_unfused"] / ms["backbone_with_afd"],
         **{f"{kind}_over_afd": ms[kind] / ms["afd_fused"] for kind in KINDS if kind in ms and kind != "afd"},
+        **{f"{EXECUTORCH}.{key}": value for key, value in device_ratios(
+            [row.to_dict() for row in rows if row.runtime == EXECUTORCH]).items()},
     }
 
 
+@dataclass(frozen=True)
+class Target:
+    """A speed target, stated as a bound on one of the ratios of one run."""
+
+    ratio: str
+    at_most: bool  # the ratio must stay at or below `bound` (else: at or above)
+    bound: float
+    meaning: str
+
+    def verdict(self, ratios: dict[str, float]) -> str | None:
+        """"met" or "missed by ..." for one run's ratios; None where the ratio was not measured."""
+        if self.ratio not in ratios:
+            return None
+        value = ratios[self.ratio]
+        if value <= self.bound if self.at_most else value >= self.bound:
+            return f"{self.meaning}: met ({self.ratio} = {value:.3f})"
+        by = value - self.bound if self.at_most else self.bound - value
+        return f"{self.meaning}: missed by {by:.3f} ({self.ratio} = {value:.3f}, target {'<=' if self.at_most else '>='} {self.bound})"
+
+
+TARGETS = (
+    Target("executorch.afd_overhead", True, 0.15, "the fused AFD adds at most 15% to the backbone on ExecuTorch"),
+    Target("executorch.fusing_speedup", False, 1.5, "fusing makes the classifier at least 1.5x faster on ExecuTorch"),
+    Target("executorch.int8_speedup", False, 1.5, "int8 is at least 1.5x faster than float on ExecuTorch"),
+    Target("fusing_speedup", False, 2.0, "fusing makes AFD alone at least 2x faster in eager PyTorch"),
+    Target("arcnn_over_afd", False, 3.0, "ARCNN is at least 3x slower than the fused AFD in eager PyTorch"),
+)
+
+
+def target_verdicts(ratios: dict[str, float]) -> list[str]:
+    return [verdict for target in TARGETS if (verdict := target.verdict(ratios)) is not None]
+
+
 def format_table(rows: list[dict]) -> str:
-    """Markdown table of `Row.to_dict()` rows (as stored in metrics/efficiency.json): params (M),
-    MACs (G), CPU latency median and p90 (ms)."""
+    """Markdown table of `Row.to_dict()` rows timed in one runtime (as stored in
+    metrics/efficiency.json; the device benchmark's rows): params (M), MACs (G), latency median and p90 (ms)."""
     lines = [
-        "| method | params (M) | MACs (G) | CPU median (ms) | CPU p90 (ms) |",
+        "| method | params (M) | MACs (G) | median (ms) | p90 (ms) |",
         "|---|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -111,11 +204,50 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def efficiency_markdown(measured: dict) -> str:
+    """One backbone's entry of metrics/efficiency.json as Markdown: the setup, the whole classifiers
+    in both runtimes, each module alone, the ratios and the targets met or missed."""
+    return "\n\n".join([
+        measured["setup"],
+        "Whole classifiers, eager PyTorch and ExecuTorch (XNNPACK, what a phone runs):",
+        format_runtime_table(measured["rows"]),
+        "Each module alone, eager PyTorch:",
+        format_table([row for row in measured["rows"] if row["runtime"] == EAGER]),
+        "Ratios from the same run: " + ", ".join(f"{k} = {v:.3f}" for k, v in measured["ratios"].items()) + ".",
+        "Targets:\n" + "\n".join(f"- {verdict}" for verdict in measured["targets"]),
+    ])
+
+
+# The eager rows that are whole classifiers, and their ExecuTorch role (DEVICE_ROLES).
+_EAGER_CLASSIFIERS = {"backbone": DIRECT_TEST, "backbone_with_afd": "afd", "backbone_with_afd_unfused": "afd_unfused"}
+
+
+def format_runtime_table(rows: list[dict]) -> str:
+    """Markdown table of the whole classifiers in both runtimes of one run: eager PyTorch and
+    ExecuTorch (XNNPACK) medians side by side, and each one's cost over the backbone alone."""
+    eager = {_EAGER_CLASSIFIERS[row["role"]]: row for row in rows
+             if row.get("runtime", EAGER) == EAGER and row["role"] in _EAGER_CLASSIFIERS}
+    device = {row["role"]: row for row in rows if row.get("runtime") == EXECUTORCH}
+    lines = ["| classifier | params (M) | MACs (G) | eager median (ms) | over backbone | "
+             "ExecuTorch median (ms) | over backbone |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for role, row in device.items():
+        cells = []
+        for table in (eager, device):
+            if role in table:
+                ms, base = table[role]["median_ms"], table[DIRECT_TEST]["median_ms"]
+                cells += [f"{ms:.2f}", f"{ms / base - 1:+.0%}"]
+            else:
+                cells += ["—", "—"]
+        lines.append(f"| {row['name']} | {row['params'] / 1e6:.3f} | {row['macs'] / 1e9:.3f} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 # On the device: whole classifiers (image in, logits out) lowered to ExecuTorch and timed there.
 DEVICE_ROLES = {
     DIRECT_TEST: "backbone alone (DirectTest)",
     "afd": "backbone + AFD (fused)",
     "afd_unfused": "backbone + AFD (multi-branch)",
+    "afd_int8": "backbone + AFD (fused, int8)",
     **{kind.name: f"{kind.title} + backbone (JAR)" for kind in KINDS.values() if kind.plugs_in == BEFORE_BACKBONE},
 }
 
@@ -132,11 +264,6 @@ def benchmark_executorch(
     """Lower each classifier (by role, see DEVICE_ROLES) to an XNNPACK `.pte` in `workdir` and time
     it on this machine with ExecuTorch, interleaved, at a fixed thread count. One row per role:
     params, MACs, .pte size, median and p90 latency."""
-    from pathlib import Path
-
-    from afd.model.efficiency import count_macs, count_parameters, measure_call_latencies
-    from afd.ops.export import executorch_threads, export_executorch, load_executorch
-
     workdir = Path(workdir)
     ptes, rows = {}, {}
     for role, program in programs.items():
@@ -163,6 +290,8 @@ def device_ratios(rows: list[dict]) -> dict[str, float]:
         ratios["fusing_speedup"] = ms["afd_unfused"] / ms["afd"]
     if "afd" in ms and DIRECT_TEST in ms:
         ratios["afd_overhead"] = ms["afd"] / ms[DIRECT_TEST] - 1.0
+    if "afd" in ms and "afd_int8" in ms:
+        ratios["int8_speedup"] = ms["afd"] / ms["afd_int8"]
     for kind in KINDS:
         if "afd" in ms and kind in ms and kind != "afd":
             ratios[f"{kind}_over_afd"] = ms[kind] / ms["afd"]

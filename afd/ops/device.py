@@ -28,7 +28,7 @@ def _client():
     return mlflow.MlflowClient()
 
 
-def resolve_version(backbone: str, version: str | None = None):
+def resolve_version(backbone: str, version: int | str | None = None):
     """The registered version to benchmark: `version`, or the current champion."""
     from mlflow.exceptions import MlflowException
 

@@ -1,8 +1,9 @@
 """Deploy formats of an image-in, logits-out classifier, each checked against PyTorch.
 
 - ExecuTorch `.pte` lowered to XNNPACK (phones; runs here with `executorch.runtime`);
+- the same, quantized to int8 (`quantize_int8`; checked by its agreement, not to 1e-4);
 - ONNX (through `torch.export`, run back with onnxruntime).
-Both go through `torch.export`: TorchScript is deprecated in this torch.
+All go through `torch.export`: TorchScript is deprecated in this torch.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool 
     """`torch.export` of `model` in eval mode at `example`'s shape (with `dynamic_batch`, any batch
     up to MAX_BATCH). Every buffer is first cast to `example`'s dtype (the DCT's float64 constants):
     a cast left in the graph would keep a runtime from taking the conv it feeds as one with constant
-    weights, and XNNPACK would not run it."""
-    model = copy.deepcopy(model).to(example.dtype).eval()
+    weights, and XNNPACK would not run it. Weights go back to the default layout too (a model timed
+    channels-last in eager): XNNPACK lays them out itself, and refuses channels-last constants."""
+    model = copy.deepcopy(model).to(example.dtype).to(memory_format=torch.contiguous_format).eval()
     if not dynamic_batch:
         return torch.export.export(model, (example,))
     if example.shape[0] == 1:  # torch.export specialises a size-1 dimension, whatever dynamic_shapes say
@@ -197,6 +199,25 @@ def export_executorch(
     return Path(path)
 
 
+def quantize_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8) -> torch.export.ExportedProgram:
+    """`model` quantized to int8 for XNNPACK (PT2E with ExecuTorch's XNNPACK quantizer: symmetric
+    per-channel weights, activations per tensor), its activation ranges calibrated on the images
+    `calibration`; returned as a program with a dynamic batch, ready for `export_executorch`."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = calibration[:2]
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(export_program(model, example, dynamic_batch=True).module(), quantizer)
+    with torch.no_grad():
+        for batch in calibration.split(batch_size):
+            prepared(batch)
+    return export_program(convert_pt2e(prepared), example, dynamic_batch=True)
+
+
 def load_executorch(path: str | os.PathLike):
     """The `forward` method of a `.pte` file, ready to `execute([images])`."""
     from executorch.runtime import Runtime
@@ -204,8 +225,24 @@ def load_executorch(path: str | os.PathLike):
     return Runtime.get().load_program(Path(path)).load_method("forward")
 
 
+def executorch_max_batch(path: str | os.PathLike) -> int:
+    """The largest batch the `.pte` at `path` takes: its input's memory-planned size. Lowering a
+    dynamic batch caps it at 15 in this torch (the fake convolution's backend choice adds the guard
+    `batch < 16`), whatever bound the export gave."""
+    from executorch.runtime import Runtime
+
+    return Runtime.get().load_program(Path(path)).metadata("forward").input_tensor_meta(0).sizes()[0]
+
+
+def executorch_predictor(path: str | os.PathLike):
+    """`predict(images) -> logits` with the `.pte` at `path`, loaded once; a batch larger than the
+    program takes runs in parts."""
+    method, max_batch = load_executorch(path), executorch_max_batch(path)
+    return lambda images: torch.cat([method.execute([part.contiguous()])[0] for part in images.split(max_batch)])
+
+
 def run_executorch(path: str | os.PathLike, images: torch.Tensor) -> torch.Tensor:
-    return load_executorch(path).execute([images.contiguous()])[0]
+    return executorch_predictor(path)(images)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from afd.model.afd_module import AFD_SIZES, FDM_SOURCES
 from afd.model.methods import METHOD_KINDS
 from afd.ops.layout import eval_sets
 
-DEPLOY_FORMATS = ("executorch", "onnx")  # what `register` can attach, each checked against PyTorch
+DEPLOY_FORMATS = ("executorch", "executorch_int8", "onnx")  # what `register` can attach (afd.ops.export)
 
 
 # ---- the schema ---------------------------------------------------------------------------------
@@ -159,10 +159,12 @@ class Evaluate(_Section):
 
 class Register(_Section):
     deploy_formats: list[Literal[DEPLOY_FORMATS]]  # type: ignore[valid-type]
+    int8_calibration_patches: Count  # training patches that calibrate the int8 program's ranges
 
 
 class Efficiency(_Section):
     backbones: Annotated[list[NonEmpty], Field(min_length=1)]  # of train.backbones
+    executorch: StrictBool  # also lower the whole classifiers to ExecuTorch and time them in the same run
     threads: Count
     warmup: Annotated[StrictInt, Field(ge=0)]
     repeats: Count

@@ -26,13 +26,23 @@ from afd.model.checkpoint import load_enhancer
 from afd.model.classifier import EnhancedClassifier
 from afd.model.evaluate import Batch, Outcomes, evaluate_grid, family_averages, grid_metrics
 from afd.model.methods import BEFORE_BACKBONE, DIRECT_TEST, KINDS, Method, method_titles, plug_in
-from afd.ops.export import check_export, export_executorch, export_onnx, run_executorch, run_onnx, save_program
+from afd.ops.export import (
+    check_export,
+    executorch_predictor,
+    export_executorch,
+    export_onnx,
+    quantize_int8,
+    run_executorch,
+    run_onnx,
+    save_program,
+)
 from afd.ops.layout import (
     backbone_from_params,
     backbone_methods,
     deployable_model,
     eval_sets,
     fused_model,
+    patch_sets,
     trained_model,
 )
 from afd.ops.tracking import flatten, lineage_tags, log_dict, log_metrics, tracked_run
@@ -193,10 +203,41 @@ def comparison_programs(params: dict, backbone_name: str, backbone: SplitBackbon
     return {role: save_program(model, example, out_dir / f"{role}.pt2") for role, model in models.items()}
 
 
-def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dict:
+def calibration_patches(params: dict, count: int) -> torch.Tensor:
+    """`count` training patches (DIV2K-C, never an evaluation photo; fewer if there are not as many)
+    for int8 calibration, taken in turn from the clean patches and each QF's, so the ranges cover
+    what the model sees deployed."""
+    clean_dir, compressed = patch_sets(params)
+    folders = [load_set(folder) for folder in (clean_dir, *compressed.values())]
+    in_turn = [items[i][1] for i in range(max(map(len, folders))) for items in folders if i < len(items)]
+    return to_batch([load_image(path) for path in in_turn[:count]])
+
+
+def int8_quality(params: dict, direct: nn.Module, pte: Path, evaluation: dict, per_image: dict) -> dict:
+    """The int8 program's agreement and KL on the clean set and the JPEG family's sets, next to the
+    float model's (from its evaluation), and the paired drop in agreement over the JPEG QFs with its
+    95% interval over photos (points)."""
+    from afd.data.codecs import CLEAN, CODECS
+    from afd.model.evaluate import evaluate_logits, family_averages, grid_metrics
+    from afd.model.significance import PhotoBootstrap, agreement_values
+
+    jpeg = [name for name in eval_sets(params) if set_family(name) == CODECS["jpeg"].name]
+    outcomes = evaluate_logits(direct, executorch_predictor(pte), evaluation_sets(params, [CLEAN, *jpeg]))
+    grid = grid_metrics({"int8": outcomes})
+    averages = family_averages(grid)["int8"]
+    records = {"afd": per_image["outcomes"]["afd"], "int8": {name: o.record() for name, o in outcomes.items()}}
+    drop = PhotoBootstrap([image["photo"] for image in per_image["images"]]).estimate(
+        agreement_values(records["afd"], jpeg) - agreement_values(records["int8"], jpeg)).scaled(100)
+    return {"int8": {"clean": grid["int8"][CLEAN], **averages},
+            "float": {"clean": evaluation["grid"]["afd"][CLEAN], "jpeg": evaluation["averages"]["afd"]["jpeg"]},
+            "agreement_drop_jpeg_points": {"value": drop.value, "low": drop.low, "high": drop.high}}
+
+
+def register_backbone(params: dict, backbone_name: str, evaluation: dict, per_image: dict) -> dict:
     """Register backbone (BatchNorm folded) + fused AFD as afd-<backbone> with its deploy exports (params
-    register.deploy_formats, each checked against PyTorch) and the benchmark's comparison programs, then apply the promotion
-    gate to `evaluation` (an `evaluation_record`). Returns the receipt (name, version, alias, ...)."""
+    register.deploy_formats, each checked against PyTorch; int8 by its agreement) and the benchmark's comparison
+    programs, then apply the promotion gate to `evaluation` (an `evaluation_record`; `per_image`: its
+    `image_outcomes`). Returns the receipt (name, version, alias, ...)."""
     from afd.ops.registry import MODEL_MD5_TAG, GateScores, champion_with_model, register_classifier
 
     model_file = fused_model(backbone_name, "afd")
@@ -219,12 +260,23 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
     with tempfile.TemporaryDirectory() as tmp, tracked_run(f"register@{backbone_name}", {"tap": tap},
                                                            {**tags, "stage": "register"}):
         tmp = Path(tmp)
-        formats = params["register"]["deploy_formats"]
-        deploy_files, differences = [], {}
+        settings = params["register"]
+        formats = settings["deploy_formats"]
+        deploy_files, differences, int8 = [], {}, {}
         if "executorch" in formats:  # any batch, every op run by XNNPACK (or the registration fails here)
             deploy_files.append(export_executorch(model, images, tmp / f"afd-{backbone_name}.pte",
                                                   dynamic_batch=True, require_delegated=True))
             differences["pte_max_abs_diff"] = check_export(model, run_executorch, deploy_files[-1], images)
+        if "executorch_int8" in formats:
+            program = quantize_int8(model, calibration_patches(params, settings["int8_calibration_patches"]))
+            deploy_files.append(export_executorch(program, images, tmp / f"afd-{backbone_name}.int8.pte",
+                                                  dynamic_batch=True, require_delegated=True))
+            (tmp / "benchmark").mkdir(exist_ok=True)
+            torch.export.save(program, tmp / "benchmark" / "afd_int8.pt2")  # the device times it too
+            int8 = int8_quality(params, EnhancedClassifier(backbone, None, tap), deploy_files[-1], evaluation, per_image)
+            tags |= {f"int8.metric.{family}.{metric}": f"{value:.6f}"
+                     for family, metrics in int8["int8"].items() for metric, value in metrics.items()}
+            tags["int8.agreement_drop_jpeg_points"] = f"{int8['agreement_drop_jpeg_points']['value']:.3f}"
         if "onnx" in formats:
             deploy_files.append(export_onnx(model, images, tmp / f"afd-{backbone_name}.onnx"))
             differences["onnx_max_abs_diff"] = check_export(model, run_onnx, deploy_files[-1], images)
@@ -234,4 +286,4 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict) -> dic
         registration = register_classifier(model, backbone_name, images[:2], scores, tags, deploy_files,
                                            {"benchmark": tmp / "benchmark"})
     return {"name": registration.name, "version": registration.version, "alias": registration.alias,
-            "reason": registration.reason, "run_id": registration.run_id, "new_version": True, **differences}
+            "reason": registration.reason, "run_id": registration.run_id, "new_version": True, **differences, **int8}

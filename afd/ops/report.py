@@ -18,7 +18,7 @@ from afd.data.codecs import CODECS, EvalSet, set_family  # noqa: E402
 from afd.io import atomic_path  # noqa: E402
 from afd.model.evaluate import headline_metric  # noqa: E402
 from afd.model.significance import Estimate, PhotoBootstrap, agreement_values, correct_values  # noqa: E402
-from afd.ops.benchmark import format_table  # noqa: E402
+from afd.ops.benchmark import efficiency_markdown  # noqa: E402
 
 METRIC_TITLES = {
     "top1": "top-1 accuracy (%)",
@@ -354,11 +354,6 @@ def write_report(results: list[dict], images: dict[str, dict], training: dict[st
     parts += [backbone_section(result, images[result["backbone"]], training[result["backbone"]], figures_dir, link)
               for result in results]
     for backbone, measured in efficiency.items():
-        parts += [
-            f"## Table VII: efficiency at the {backbone} tap",
-            f"{measured['setup']}",
-            format_table(measured["rows"]),
-            "Ratios from the same run: " + ", ".join(f"{k} = {v:.3f}" for k, v in measured["ratios"].items()) + ".",
-        ]
+        parts += [f"## Table VII: efficiency at the {backbone} tap", efficiency_markdown(measured)]
     with atomic_path(path) as tmp:
         tmp.write_text("\n\n".join(parts) + "\n")

@@ -233,15 +233,25 @@ def register(params: dict, backbone_name: str) -> str:
 
     pin_cpu_numerics(params["numerics"]["threads"])
     evaluation = json.loads((METRICS / "eval" / f"{backbone_name}.json").read_text())
-    receipt = register_backbone(params, backbone_name, evaluation)
+    per_image = json.loads((METRICS / "eval" / f"{backbone_name}.images.json").read_text())
+    receipt = register_backbone(params, backbone_name, evaluation, per_image)
     write_json(METRICS / "register" / f"{backbone_name}.json", receipt)
     return f"{receipt['name']} version {receipt['version']}: {receipt['alias']} ({receipt['reason']})"
 
 
+def executorch_version() -> str:
+    from importlib.metadata import version
+
+    return version("executorch")
+
+
 def measure_efficiency(params: dict) -> str:
-    """Table VII at each of efficiency.backbones' taps, measured in one run: metrics/efficiency.json.
-    The modules are built fresh: size and speed depend on the architecture, not on trained weights."""
-    from afd.ops.benchmark import compare_efficiency, efficiency_ratios
+    """Table VII at each of efficiency.backbones' taps, in eager PyTorch and on ExecuTorch, measured
+    in one run: metrics/efficiency.json. The modules are built fresh: size and speed depend on the
+    architecture, not on trained weights."""
+    import tempfile
+
+    from afd.ops.benchmark import compare_efficiency, efficiency_ratios, target_verdicts
     from afd.ops.tracking import git_commit
 
     settings = params["efficiency"]
@@ -249,21 +259,27 @@ def measure_efficiency(params: dict) -> str:
     for name in settings["backbones"]:
         _, tap = backbone_from_params(params, name)
         weights = params["backbones"][name].get("weights")
-        rows = compare_efficiency(name, tap, weights, threads=settings["threads"], warmup=settings["warmup"],
-                                  repeats=settings["repeats"], progress=lambda names: print(f"timing {names}"))
+        with tempfile.TemporaryDirectory(prefix="afd-efficiency-") as programs:
+            rows = compare_efficiency(name, tap, weights, threads=settings["threads"], warmup=settings["warmup"],
+                                      repeats=settings["repeats"], progress=lambda names: print(f"timing {names}"),
+                                      executorch_dir=programs if settings["executorch"] else None)
+        ratios = efficiency_ratios(rows)
         results[name] = {
-            "setup": (f"One random 224x224 image, {settings['threads']} thread(s), channels-last, "
-                      f"{settings['warmup']} warm-up runs, {settings['repeats']} interleaved repeats, "
-                      f"on {platform.processor() or platform.machine()} with torch {torch.__version__}."),
+            "setup": (f"One random 224x224 image, {settings['threads']} thread(s), {settings['warmup']} warm-up runs, "
+                      f"{settings['repeats']} repeats interleaved across every row: eager PyTorch (channels-last)"
+                      + (f" and ExecuTorch {executorch_version()} with XNNPACK" if settings["executorch"] else "")
+                      + f", on {platform.processor() or platform.machine()} with torch {torch.__version__}."),
             "rows": [row.to_dict() for row in rows],
-            "ratios": efficiency_ratios(rows),
+            "ratios": ratios,
+            "targets": target_verdicts(ratios),
         }
     write_json(METRICS / "efficiency.json", results)
     with tracked_run("efficiency", settings, {"stage": "efficiency", "git_commit": git_commit()}):
         for name, measured in results.items():
             log_metrics({f"{name}.{key}": value for key, value in measured["ratios"].items()})
             for row in measured["rows"]:
-                log_metrics({f"{name}.{row['role']}.{key}": row[key] for key in ("params", "macs", "median_ms", "p90_ms")})
+                log_metrics({f"{name}.{row['runtime']}.{row['role']}.{key}": row[key]
+                             for key in ("params", "macs", "median_ms", "p90_ms")})
     return f"{METRICS / 'efficiency.json'}: {', '.join(results)}"
 
 
