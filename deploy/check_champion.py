@@ -8,7 +8,9 @@ of 4 seeded random 224x224 images through the PyTorch program (`data/model.pt2`)
 `.pte` and the ONNX file that come with it, and prints each format's largest difference from
 PyTorch; exit status 1 past 1e-4. The int8 `.pte` is run too, and its top-1 agreement with PyTorch
 printed (int8 is not meant to match to 1e-4). Tracking server: $MLFLOW_TRACKING_URI (default: the
-project's sqlite:///mlflow.db, which must exist).
+project's sqlite:///mlflow.db, which must exist). It loads the program with `torch.export.load`, as
+MLflow does: use it on a registry only your pipeline writes to (`afd.ops.registry.load_registered`
+inspects the archive first).
 """
 
 import os
@@ -30,7 +32,14 @@ def main(uri: str) -> int:
         return 2
     mlflow.set_tracking_uri(tracking)
     with tempfile.TemporaryDirectory() as folder:
-        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=folder))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=folder))
+        except Exception as error:  # MlflowException, or an HTTP / OS error from the artifact store
+            print(f"{uri}: cannot download it from {tracking} ({str(error).splitlines()[0]})", file=sys.stderr)
+            return 2
+        if not (local / "data" / "model.pt2").is_file() or not (local / "extra_files").is_dir():
+            print(f"{uri}: not a program with deploy files (no data/model.pt2 or extra_files/)", file=sys.stderr)
+            return 2
         files = sorted(path.relative_to(local).as_posix() for path in local.rglob("*") if path.is_file())
         print(f"{uri} from {tracking}: {', '.join(files)}")
         images = torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -29,7 +29,7 @@ from afd.model.classifier import EnhancedClassifier
 from afd.model.efficiency import Efficiency, count_macs, count_parameters, measure_call_latencies
 from afd.model.methods import AT_TAP, BEFORE_BACKBONE, DIRECT_TEST, KINDS
 from afd.model.repconv import is_reparameterized, reparameterize
-from afd.ops.export import executorch_threads, export_executorch, export_program, load_executorch, quantize_int8
+from afd.ops.export import executorch_threads, export_executorch, in_processes, load_executorch, quantize_int8
 
 EAGER, EXECUTORCH = "eager", "executorch"  # the runtimes a row can be timed on
 
@@ -106,12 +106,17 @@ def compare_efficiency(
         return [dataclasses.replace(row, efficiency=dataclasses.replace(row.efficiency, latency=latency))
                 for row, latency in zip(rows, latencies)]
 
-    programs = classifier_programs(backbone, tap, afd, fused, images.contiguous())
-    ptes = {}
-    for role, (model, program) in programs.items():
-        if progress is not None:
-            progress(f"lowering {DEVICE_ROLES[role]} to ExecuTorch (XNNPACK)")
-        ptes[role] = export_executorch(program, images.contiguous(), Path(executorch_dir) / f"{role}.pte")
+    example = images.contiguous()
+    classifiers = deployed_classifiers(backbone, tap, afd, fused)
+    if progress is not None:
+        progress(f"lowering {', '.join(DEVICE_ROLES[role] for role in classifiers)} to ExecuTorch (XNNPACK)")
+    calibration = torch.rand(8, *example.shape[1:], generator=torch.Generator().manual_seed(1))
+    order = sorted(classifiers, key=lambda role: role != "afd_int8")  # two at a time, the longest first
+    lowered = dict(zip(order, in_processes([
+        functools.partial(lower_classifier, classifiers[role], example, Path(executorch_dir) / f"{role}.pte",
+                          calibration if role == "afd_int8" else None) for role in order])))
+    ptes = {role: lowered[role] for role in classifiers}
+    for role, model in classifiers.items():
         rows.append(Row(role, DEVICE_ROLES[role], Efficiency(count_parameters(model), count_macs(model, (images,)), None),
                         EXECUTORCH))
     if progress is not None:
@@ -126,19 +131,21 @@ def compare_efficiency(
             for row, latency in zip(rows, latencies)]
 
 
-def classifier_programs(backbone: nn.Module, tap: str, afd: AFDModule, fused: AFDModule,
-                        example: torch.Tensor) -> dict[str, tuple[nn.Module, torch.export.ExportedProgram]]:
-    """The whole classifiers the device compares (DEVICE_ROLES but the JAR baselines), each as
-    (eager model, exported program), on the backbone's deployed form (BatchNorm folded, as
-    registered). The int8 one is calibrated on seeded random images: its latency does not depend
-    on its ranges (the registered int8 model is calibrated on training patches)."""
+def deployed_classifiers(backbone: nn.Module, tap: str, afd: AFDModule, fused: AFDModule) -> dict[str, nn.Module]:
+    """The whole classifiers the device compares (DEVICE_ROLES but the JAR baselines), on the
+    backbone's deployed form (BatchNorm folded, as registered); "afd_int8" is the fused one, to be
+    quantized (`lower_classifier`)."""
     deployed = copy.deepcopy(backbone).to_inference_form(keep_padding=True)
-    models = {DIRECT_TEST: EnhancedClassifier(deployed, None, tap), "afd": EnhancedClassifier(deployed, fused, tap),
-              "afd_unfused": EnhancedClassifier(deployed, afd, tap)}
-    programs = {role: (model.eval(), export_program(model, example)) for role, model in models.items()}
-    calibration = torch.rand(8, *example.shape[1:], generator=torch.Generator().manual_seed(1))
-    programs["afd_int8"] = (models["afd"], quantize_int8(models["afd"], calibration))
-    return programs
+    fused_classifier = EnhancedClassifier(deployed, fused, tap).eval()
+    return {DIRECT_TEST: EnhancedClassifier(deployed, None, tap).eval(), "afd": fused_classifier,
+            "afd_unfused": EnhancedClassifier(deployed, afd, tap).eval(), "afd_int8": fused_classifier}
+
+
+def lower_classifier(model: nn.Module, example: torch.Tensor, path: Path, calibration: torch.Tensor | None = None) -> Path:
+    """`model` as an ExecuTorch program at `path`, at `example`'s shape; quantized to int8 first when
+    `calibration` images are given (the efficiency table calibrates on seeded random images: latency
+    does not depend on the ranges; the registered int8 model is calibrated on training patches)."""
+    return export_executorch(quantize_int8(model, calibration) if calibration is not None else model, example, path)
 
 
 def efficiency_ratios(rows: list[Row]) -> dict[str, float]:

@@ -218,6 +218,45 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int =
     return export_program(convert_pt2e(prepared), example, dynamic_batch=True)
 
 
+def export_deploy_format(name: str, model: nn.Module, images: torch.Tensor, path: str | os.PathLike,
+                         calibration: torch.Tensor | None = None,
+                         program_path: str | os.PathLike | None = None) -> tuple[Path, float | None]:
+    """The deploy format `name` of `model` (see DEPLOY_SUFFIXES) at `path`, for any batch, and its
+    largest difference from PyTorch on `images` (AFDError past EXPORT_TOLERANCE). "executorch" and
+    "executorch_int8" refuse a program that XNNPACK would not run whole. int8 is calibrated on
+    `calibration`, its quantized program also saved at `program_path`, and it is not compared to
+    1e-4 (None): it is judged by its agreement on the evaluation sets."""
+    if name == "executorch":
+        path = export_executorch(model, images, path, dynamic_batch=True, require_delegated=True)
+        return path, check_export(model, run_executorch, path, images)
+    if name == "executorch_int8":
+        program = quantize_int8(model, calibration)
+        with atomic_path(program_path) as tmp, open(tmp, "wb") as f:
+            torch.export.save(program, f)
+        return export_executorch(program, images, path, dynamic_batch=True, require_delegated=True), None
+    if name == "onnx":
+        path = export_onnx(model, images, path)
+        return path, check_export(model, run_onnx, path, images)
+    raise AFDError(f"unknown deploy format {name!r}; choose one of {sorted(DEPLOY_SUFFIXES)}")
+
+
+DEPLOY_SUFFIXES = {"executorch": ".pte", "executorch_int8": ".int8.pte", "onnx": ".onnx"}
+
+
+def in_processes(calls: list, initializer=None, initargs: tuple = (), workers: int = 2) -> list:
+    """The results of `calls` (picklable callables: top-level functions with `functools.partial`),
+    each run in a spawned process, `workers` at a time, in order. Lowering to ExecuTorch is
+    single-threaded Python (graph passes), so two lowerings at once use two cores. `initializer`
+    runs first in each process (to pin numerics, say)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=initializer, initargs=initargs) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
+
+
 def load_executorch(path: str | os.PathLike):
     """The `forward` method of a `.pte` file, ready to `execute([images])`."""
     from executorch.runtime import Runtime
@@ -225,19 +264,12 @@ def load_executorch(path: str | os.PathLike):
     return Runtime.get().load_program(Path(path)).load_method("forward")
 
 
-def executorch_max_batch(path: str | os.PathLike) -> int:
-    """The largest batch the `.pte` at `path` takes: its input's memory-planned size. Lowering a
-    dynamic batch caps it at 15 in this torch (the fake convolution's backend choice adds the guard
-    `batch < 16`), whatever bound the export gave."""
-    from executorch.runtime import Runtime
-
-    return Runtime.get().load_program(Path(path)).metadata("forward").input_tensor_meta(0).sizes()[0]
-
-
 def executorch_predictor(path: str | os.PathLike):
-    """`predict(images) -> logits` with the `.pte` at `path`, loaded once; a batch larger than the
-    program takes runs in parts."""
-    method, max_batch = load_executorch(path), executorch_max_batch(path)
+    """`predict(images) -> logits` with the `.pte` at `path`, loaded once. A batch larger than the
+    program takes (its input's memory-planned size: lowering a dynamic batch caps it at 15 in this
+    torch, as the fake convolution's backend choice adds the guard `batch < 16`) runs in parts."""
+    method = load_executorch(path)
+    max_batch = method.metadata.input_tensor_meta(0).sizes()[0]
     return lambda images: torch.cat([method.execute([part.contiguous()])[0] for part in images.split(max_batch)])
 
 

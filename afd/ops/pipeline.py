@@ -8,6 +8,7 @@ flow that run the same step produce the same files, metrics and registry entries
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -24,16 +25,14 @@ from afd.io import file_md5
 from afd.model.backbones import SplitBackbone
 from afd.model.checkpoint import load_enhancer
 from afd.model.classifier import EnhancedClassifier
+from afd.model.determinism import pin_cpu_numerics
 from afd.model.evaluate import Batch, Outcomes, evaluate_grid, family_averages, grid_metrics
 from afd.model.methods import BEFORE_BACKBONE, DIRECT_TEST, KINDS, Method, method_titles, plug_in
 from afd.ops.export import (
-    check_export,
+    DEPLOY_SUFFIXES,
     executorch_predictor,
-    export_executorch,
-    export_onnx,
-    quantize_int8,
-    run_executorch,
-    run_onnx,
+    export_deploy_format,
+    in_processes,
     save_program,
 )
 from afd.ops.layout import (
@@ -262,27 +261,33 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict, per_im
         tmp = Path(tmp)
         settings = params["register"]
         formats = settings["deploy_formats"]
-        deploy_files, differences, int8 = [], {}, {}
-        if "executorch" in formats:  # any batch, every op run by XNNPACK (or the registration fails here)
-            deploy_files.append(export_executorch(model, images, tmp / f"afd-{backbone_name}.pte",
-                                                  dynamic_batch=True, require_delegated=True))
-            differences["pte_max_abs_diff"] = check_export(model, run_executorch, deploy_files[-1], images)
+        (tmp / "benchmark").mkdir()
+        files = {name: tmp / f"afd-{backbone_name}{DEPLOY_SUFFIXES[name]}" for name in formats}
+        calibration = (calibration_patches(params, settings["int8_calibration_patches"])
+                       if "executorch_int8" in formats else None)
+        int8_program = tmp / "benchmark" / "afd_int8.pt2"  # the device times it too
+        # the formats (each checked) and the device's comparison programs are made two at a time,
+        # int8 (the longest) first; each process pins numerics as this one did, so int8's
+        # calibration is the same wherever it runs
+        order = sorted(formats, key=lambda name: name != "executorch_int8")
+        *built, _ = in_processes(
+            [*(functools.partial(export_deploy_format, name, model, images, files[name], calibration, int8_program)
+               for name in order),
+             functools.partial(comparison_programs, params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")],
+            initializer=pin_cpu_numerics, initargs=(params["numerics"]["threads"],))
+        built = dict(zip(order, built))
+        deploy_files = [built[name][0] for name in formats]
+        differences = {f"{'pte' if name == 'executorch' else name}_max_abs_diff": built[name][1]
+                       for name in formats if built[name][1] is not None}
+        int8 = {}
         if "executorch_int8" in formats:
-            program = quantize_int8(model, calibration_patches(params, settings["int8_calibration_patches"]))
-            deploy_files.append(export_executorch(program, images, tmp / f"afd-{backbone_name}.int8.pte",
-                                                  dynamic_batch=True, require_delegated=True))
-            (tmp / "benchmark").mkdir(exist_ok=True)
-            torch.export.save(program, tmp / "benchmark" / "afd_int8.pt2")  # the device times it too
-            int8 = int8_quality(params, EnhancedClassifier(backbone, None, tap), deploy_files[-1], evaluation, per_image)
+            int8 = int8_quality(params, EnhancedClassifier(backbone, None, tap), files["executorch_int8"], evaluation,
+                                per_image)
             tags |= {f"int8.metric.{family}.{metric}": f"{value:.6f}"
                      for family, metrics in int8["int8"].items() for metric, value in metrics.items()}
             tags["int8.agreement_drop_jpeg_points"] = f"{int8['agreement_drop_jpeg_points']['value']:.3f}"
-        if "onnx" in formats:
-            deploy_files.append(export_onnx(model, images, tmp / f"afd-{backbone_name}.onnx"))
-            differences["onnx_max_abs_diff"] = check_export(model, run_onnx, deploy_files[-1], images)
         if differences:
             log_metrics(differences)
-        comparison_programs(params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")
         registration = register_classifier(model, backbone_name, images[:2], scores, tags, deploy_files,
                                            {"benchmark": tmp / "benchmark"})
     return {"name": registration.name, "version": registration.version, "alias": registration.alias,
