@@ -40,7 +40,7 @@ retrain: $(INSTALLED)
 DEPLOY_VENV := .venv-deploy
 $(DEPLOY_VENV)/.installed:
 	$(PYTHON) -m venv $(DEPLOY_VENV)
-	$(DEPLOY_VENV)/bin/pip install --quiet mlflow-skinny==3.17.2 torch==2.14.1 executorch==1.5.1 onnxruntime==1.32.0
+	$(DEPLOY_VENV)/bin/pip install --quiet mlflow==3.17.2 torch==2.14.1 executorch==1.5.1 onnxruntime==1.32.0
 	touch $@
 
 deploy-check: $(DEPLOY_VENV)/.installed

@@ -266,16 +266,12 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict, per_im
         calibration = (calibration_patches(params, settings["int8_calibration_patches"])
                        if "executorch_int8" in formats else None)
         int8_program = tmp / "benchmark" / "afd_int8.pt2"  # the device times it too
-        # the formats (each checked) and the device's comparison programs are made two at a time,
-        # int8 (the longest) first; each process pins numerics as this one did, so int8's
-        # calibration is the same wherever it runs
+        # the formats (each checked) are made two at a time, int8 (the longest) first; each process
+        # pins numerics as this one did, so int8's calibration is the same wherever it runs
         order = sorted(formats, key=lambda name: name != "executorch_int8")
-        *built, _ = in_processes(
-            [*(functools.partial(export_deploy_format, name, model, images, files[name], calibration, int8_program)
-               for name in order),
-             functools.partial(comparison_programs, params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")],
-            initializer=pin_cpu_numerics, initargs=(params["numerics"]["threads"],))
-        built = dict(zip(order, built))
+        built = dict(zip(order, in_processes(
+            [functools.partial(export_deploy_format, name, model, images, files[name], calibration, int8_program)
+             for name in order], initializer=pin_cpu_numerics, initargs=(params["numerics"]["threads"],))))
         deploy_files = [built[name][0] for name in formats]
         differences = {f"{'pte' if name == 'executorch' else name}_max_abs_diff": built[name][1]
                        for name in formats if built[name][1] is not None}
@@ -288,6 +284,7 @@ def register_backbone(params: dict, backbone_name: str, evaluation: dict, per_im
             tags["int8.agreement_drop_jpeg_points"] = f"{int8['agreement_drop_jpeg_points']['value']:.3f}"
         if differences:
             log_metrics(differences)
+        comparison_programs(params, backbone_name, backbone, tap, images[:1], tmp / "benchmark")
         registration = register_classifier(model, backbone_name, images[:2], scores, tags, deploy_files,
                                            {"benchmark": tmp / "benchmark"})
     return {"name": registration.name, "version": registration.version, "alias": registration.alias,
