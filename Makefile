@@ -50,6 +50,7 @@ bench: $(INSTALLED)
 	$(BIN)/python benches/efficiency.py
 	$(BIN)/python benches/inference_form.py
 	$(BIN)/python benches/harness.py  # needs `make repro`'s data
+	$(BIN)/python benches/train_cost.py --profile paper  # the paper profile's projected time here (needs the data too)
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache

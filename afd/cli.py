@@ -153,39 +153,30 @@ def efficiency(
     repeats: int = typer.Option(10, min=1),
     executorch: bool = typer.Option(False, help="Also lower the whole classifiers to ExecuTorch (XNNPACK), "
                                                 "int8 included, and time them in the same run (about a minute)."),
+    device: str = typer.Option("auto", help="Also time on this GPU: auto (one if PyTorch sees it), cpu, cuda, cuda:N."),
 ):
-    """Params, MACs and CPU latency of the backbone, AFD (unfused and fused), DDP and ARCNN."""
+    """Params, MACs and latency of the backbone, AFD (unfused and fused), DDP and ARCNN: on the CPU,
+    and on the GPU too when --device names one (or auto finds one)."""
     import tempfile
 
     from afd.model.checkpoint import load_enhancer
-    from afd.ops.benchmark import (
-        EAGER,
-        compare_efficiency,
-        efficiency_ratios,
-        format_runtime_table,
-        format_table,
-        target_verdicts,
-    )
+    from afd.model.determinism import resolve_device
+    from afd.ops.benchmark import compare_efficiency, efficiency_markdown, efficiency_record
 
+    chosen = resolve_device(device)
+    gpu = chosen if chosen.type == "cuda" else None
     afd = load_enhancer(enhancer)[0] if enhancer else None
     with tempfile.TemporaryDirectory(prefix="afd-efficiency-") as programs:
         try:
             rows = compare_efficiency(
                 backbone, tap, weights, afd, image_size, threads, repeats=repeats,
                 progress=lambda names: typer.echo(f"timing {names} ...", err=True),
-                executorch_dir=programs if executorch else None,
+                executorch_dir=programs if executorch else None, gpu=gpu,
             )
         except ConfigError as error:
             raise ConfigError(f"{display_name(enhancer)}: {error}" if enhancer else str(error)) from None
-    measured = [row.to_dict() for row in rows]
-    typer.echo(format_table([row for row in measured if row["runtime"] == EAGER]))
-    if executorch:
-        typer.echo("\n" + format_runtime_table(measured))
-    ratios = efficiency_ratios(rows)
-    for key, value in ratios.items():
-        typer.echo(f"{key}: {value:.3f}")
-    for verdict in target_verdicts(ratios):
-        typer.echo(verdict)
+    setup = f"{backbone} at tap {tap or 'default'}, one random {image_size}x{image_size} image, {repeats} repeats."
+    typer.echo(efficiency_markdown(efficiency_record(rows, setup, threads, gpu)))
 
 
 def main() -> None:  # `python -m afd.cli`

@@ -12,14 +12,8 @@ import tempfile
 
 import torch
 
-from afd.ops.benchmark import (
-    EAGER,
-    compare_efficiency,
-    efficiency_ratios,
-    format_runtime_table,
-    format_table,
-    target_verdicts,
-)
+from afd.model.determinism import resolve_device
+from afd.ops.benchmark import compare_efficiency, efficiency_markdown, efficiency_record
 
 
 def main() -> None:
@@ -29,26 +23,21 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=["resnet50", "efficientnet_lite0"])
     parser.add_argument("--channels-first", action="store_true", help="NCHW instead of channels-last")
     parser.add_argument("--eager-only", action="store_true", help="skip the ExecuTorch (XNNPACK) programs")
+    parser.add_argument("--device", default="auto", help="also time on this GPU: auto, cpu, cuda, cuda:N")
     args = parser.parse_args()
     torch.manual_seed(0)
+    device = resolve_device(args.device)
+    gpu = device if device.type == "cuda" else None
     for name in args.backbones:
         weights = None if name == "efficientnet_lite0" else "random"
         with tempfile.TemporaryDirectory() as programs:
             rows = compare_efficiency(name, weights=weights, threads=args.threads, repeats=args.repeats,
                                       channels_last=not args.channels_first,
-                                      executorch_dir=None if args.eager_only else programs)
+                                      executorch_dir=None if args.eager_only else programs, gpu=gpu)
         layout = "NCHW" if args.channels_first else "channels-last"
-        measured = [row.to_dict() for row in rows]
-        print(f"\n## {name} at its default tap, 224x224, eager {layout}, {args.threads} thread(s), {args.repeats} repeats\n")
-        print(format_table([row for row in measured if row["runtime"] == EAGER]))
-        if not args.eager_only:
-            print("\n" + format_runtime_table(measured))
-        print()
-        ratios = efficiency_ratios(rows)
-        for key, value in ratios.items():
-            print(f"{key:32s} {value:7.3f}")
-        for verdict in target_verdicts(ratios):
-            print(verdict)
+        setup = f"{name} at its default tap, 224x224, eager {layout}, {args.threads} thread(s), {args.repeats} repeats."
+        print(f"\n## {name}\n")
+        print(efficiency_markdown(efficiency_record(rows, setup, args.threads, gpu)))
 
 
 if __name__ == "__main__":

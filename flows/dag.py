@@ -15,6 +15,8 @@ class Stage:
     cmd: str
     upstream: tuple[str, ...]  # the stages whose outputs it reads
     git_files: tuple[str, ...]  # what git keeps of its outputs: its uncached outputs and the .gitignore of each cached one
+    uncached_outs: tuple[str, ...] = ()  # its outputs that git keeps (metrics, plots), not the DVC remote
+    fan_out: bool = False  # dvc.yaml's `meta: {fan_out: true}`: it may run on a worker in another checkout
 
 
 def read_pipeline(root: str | Path = ".") -> dict[str, Stage]:
@@ -29,13 +31,16 @@ def read_pipeline(root: str | Path = ".") -> dict[str, Stage]:
         for stage in reversed(list(nx.topological_sort(graph))):
             if not getattr(stage, "cmd", None):  # a .dvc file (imported data): nothing to run
                 continue
-            git_files = set()
+            git_files, uncached = set(), set()
             for out in stage.outs:
                 path = Path(out.fs_path).relative_to(root)
                 git_files.add((path.parent / ".gitignore").as_posix() if out.use_cache else path.as_posix())
+                if not out.use_cache:
+                    uncached.add(path.as_posix())
             stages[stage.name] = Stage(stage.name, stage.cmd,
-                                             tuple(sorted(up.name for up in graph.successors(stage))),
-                                             tuple(sorted(git_files)))
+                                       tuple(sorted(up.name for up in graph.successors(stage))),
+                                       tuple(sorted(git_files)), tuple(sorted(uncached)),
+                                       bool((stage.meta or {}).get("fan_out")))
     return stages
 
 

@@ -1,6 +1,8 @@
 """The retraining flow, as the pipeline diagram reads:
 
-    dvc pull -> every stage of dvc.yaml, in DVC's order, independent ones at once (Dask)
+    dvc pull -> every stage of dvc.yaml, in DVC's order, independent ones at once (Dask);
+       the training items optionally on the workers of another Dask cluster, each in its own
+       checkout, through the DVC remote (flows/fanout.py)
     -> dvc push + a commit of dvc.lock and the metrics on a retraining branch (git push)
     -> the registered versions point at that commit -> benchmark on the device (the
        `edge-devices` pool's worker), waited for with a timeout
@@ -64,16 +66,17 @@ def stage_task_runner(dask_address: str | None):
 
 
 @flow(name="afd-pipeline")
-def run_pipeline(stages: dict[str, Stage], changed: list[str]) -> dict[str, str]:
+def run_pipeline(stages: dict[str, Stage], changed: list[str], training_address: str | None = None) -> dict[str, str]:
     """Every stage as a task, submitted with its upstream stages' futures, so the task runner
     starts it as soon as those have finished; a stage with parts that can be computed ahead (the
-    evaluation grid's cells) gets one task per part first. {stage: RAN or UNCHANGED}."""
+    evaluation grid's cells) gets one task per part first; a training stage goes to the workers
+    at `training_address` when given (flows/fanout.py). {stage: RAN or UNCHANGED}."""
     params = load_params()
     futures = {}
     for name, stage in stages.items():  # upstream first
         needed = stage_needed.submit(stage, changed, [futures[up] for up in stage.upstream if up in futures])
         parts = [compute_part.submit(stage, command, needed) for command in parallel_parts(params, name)]
-        futures[name] = run_stage.submit(stage, needed, parts)
+        futures[name] = run_stage.submit(stage, needed, parts, training_address)
     return {name: future.result() for name, future in futures.items()}
 
 
@@ -118,20 +121,24 @@ def retrain(
     branch_prefix: str = "retrain",
     device_deployment: str | None = DEVICE_DEPLOYMENT,
     device_timeout_s: float = 1800.0,
+    training_address: str | None = None,
 ) -> dict:
     """Reproduce dvc.yaml's `targets` (stage names or base names, as `dvc repro` takes them;
     default: the whole pipeline), publish the result, and benchmark each newly registered version.
     `dask_address`: a Dask scheduler for the stages (default: a local cluster).
     `publish`: push outputs to the DVC remote and commit the results on a new branch
     `<branch_prefix>/<flow run>`, pushed to `git_remote` (None: commit only).
-    `device_deployment`: the on-device benchmark deployment (None: skip the benchmark)."""
+    `device_deployment`: the on-device benchmark deployment (None: skip the benchmark).
+    `training_address`: a Dask scheduler whose workers, each in a checkout of its own on another
+    machine, train the `train` items (dvc.yaml's fan-out stages) in parallel (flows/fanout.py);
+    default: they run with the other stages."""
     try:
         stages = needed_for(read_pipeline(), targets)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     pull_outputs()
     changed = changed_stages()
-    ran = run_pipeline.with_options(task_runner=stage_task_runner(dask_address))(stages, changed)
+    ran = run_pipeline.with_options(task_runner=stage_task_runner(dask_address))(stages, changed, training_address)
     backbones = [name.split("@", 1)[1] for name in stages if name.startswith("register@")]
     receipts = read_registrations(backbones, ran)
     if "efficiency" in stages:

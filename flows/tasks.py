@@ -9,6 +9,7 @@ worker's deployment sets it, and Dask workers must be started from a checkout of
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from filelock import FileLock
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
 from afd.errors import AFDError
@@ -45,10 +47,19 @@ def _environment() -> dict:
             "TQDM_MININTERVAL": str(PROGRESS_INTERVAL_S)}
 
 
+def log() -> logging.Logger:
+    """The Prefect run's logger inside a flow or task; a plain one elsewhere (a Dask worker
+    running a fanned-out stage, flows/fanout.py)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("afd.flows")
+
+
 def run_command(command: list[str] | str, what: str) -> str:
     """Run `command` in the project directory, each output line (a bar's redraw included) to the
     run's log; an AFDError with the output's tail if it fails."""
-    logger = get_run_logger()
+    logger = log()
     process = subprocess.Popen(command, shell=isinstance(command, str), env=_environment(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
@@ -134,12 +145,18 @@ def compute_part(stage: Stage, command: list[str], needed: bool) -> str:
 
 
 @task(task_run_name=_stage_name(), cache_policy=NO_CACHE)
-def run_stage(stage: Stage, needed: bool, parts: list[str]) -> str:
+def run_stage(stage: Stage, needed: bool, parts: list[str], training_address: str | None = None) -> str:
     """One stage, as `dvc repro` runs it: its command (which uses the `parts` computed ahead), then
     `dvc commit` records its deps, params and outputs in dvc.lock and its outputs in the DVC cache;
-    UNCHANGED if it need not run."""
+    UNCHANGED if it need not run. A stage dvc.yaml lets fan out runs on a worker of the Dask
+    scheduler at `training_address` instead, in that worker's checkout (flows/fanout.py)."""
     if not needed:
         return UNCHANGED
+    if stage.fan_out and training_address:
+        from flows.fanout import train_on_cluster
+
+        train_on_cluster(stage, training_address)
+        return RAN
     started = time.monotonic()
     run_command(stage.cmd, f"stage {stage.name} (`{stage.cmd}`)")
     dvc("commit", "--force", stage.name)

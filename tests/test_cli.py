@@ -117,4 +117,14 @@ def test_efficiency_prints_the_table_and_ratios():
     result = runner.invoke(app, ["efficiency", "--backbone", "resnet50", "--weights", "random", "--image-size", "64",
                                  "--repeats", "1"])
     assert result.exit_code == 0, result.output
-    assert "| AFD (fused) |" in result.output and "fusing_speedup:" in result.output
+    assert "| AFD (fused) |" in result.output and "fusing_speedup = " in result.output
+    assert "Measured on: eager: " in result.output and "CPU, 1 thread(s)" in result.output
+    if not torch.cuda.is_available():
+        assert "GPU" not in result.output  # no GPU column without one
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_a_gpu_that_is_not_there_is_one_line():
+    result = runner.invoke(app, ["efficiency", "--backbone", "resnet50", "--weights", "random", "--device", "cuda"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "no GPU is visible to PyTorch" in result.output

@@ -536,6 +536,31 @@ def test_stage_errors_exit_2_naming_the_key(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible")
+@pytest.mark.parametrize("script, args", [("train.py", ("--backbone", "efficientnet_lite0", "--method", "afd")),
+                                          ("evaluate.py", ("--backbone", "efficientnet_lite0")),
+                                          ("efficiency.py", ())])
+def test_a_gpu_named_in_params_but_not_visible_stops_the_stage_in_one_line(script, args, tmp_path, monkeypatch,
+                                                                             capsys):
+    _write_params(tmp_path, {"numerics.device": "cuda"})
+    with pytest.raises(SystemExit) as exit_:
+        _stage_in_process(tmp_path, script, *args, monkeypatch=monkeypatch)
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: params.yaml numerics.device is cuda, but no GPU is visible to PyTorch"), line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]  # stopped before any work
+
+
+def test_device_and_amp_are_checked_when_params_yaml_is_read(tmp_path):
+    for key, value, problem in (("numerics.device", "gpu", "numerics.device: String should match pattern"),
+                                ("numerics.amp", "fp8", "numerics.amp: Input should be 'off', 'bf16' or 'fp16'")):
+        _write_params(tmp_path, {key: value})
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            load_params(str(tmp_path / "params.yaml"))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text().replace('amp: "off"', "amp: off"))
+    assert load_params(str(tmp_path / "params.yaml"))["numerics"]["amp"] == "off"  # YAML's bare off is false
+
+
 def test_no_training_photo_shares_content_with_an_evaluation_photo(tmp_path):
     """By content, not by name: no default training photo is an evaluation photo, or a crop, a
     rescale or a re-encode of one. Two such copies, added to the training side, are what it finds."""

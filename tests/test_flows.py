@@ -361,6 +361,83 @@ def test_a_device_that_never_answers_fails_the_step_in_time_and_keeps_the_model(
     assert prefixes == ["compute_part", "run_stage", "stage_needed"]  # the stages and their parts, nothing else
 
 
+@pytest.fixture
+def fan_out(tmp_path, env, training_env, s3_server):
+    """A project checkout for the flow, and a Dask scheduler with two workers, each in a checkout of
+    its own (a clone, as on another machine) with the S3 DVC remote's keys in its environment."""
+    from distributed import Client
+
+    from services.s3 import free_port
+
+    params = tiny_params()
+    params["train"]["study_methods"] = ["arcnn"]  # two training items, one per worker
+    params["fuse"]["study_methods"] = []
+    coordinator = make_tiny_project(tmp_path / "coordinator", params)
+    for command in (["remote", "add", "-d", "storage", "s3://afd/fan-out-test"],
+                    ["remote", "modify", "storage", "endpointurl", s3_server.endpoint]):
+        subprocess.run([sys.executable, "-m", "dvc", *command], cwd=coordinator, check=True)
+    subprocess.run([*GIT, "commit", "-qam", "DVC remote"], cwd=coordinator, check=True)
+    workers = [tmp_path / f"worker-{number}" for number in (1, 2)]
+    address = f"tcp://127.0.0.1:{free_port()}"
+    host, port = address.removeprefix("tcp://").split(":")
+    commands = [([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", port,
+                  "--no-dashboard"], tmp_path)]
+    for checkout in workers:
+        subprocess.run(["git", "clone", "-q", str(coordinator), str(checkout)], check=True)
+        commands.append(([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                          "--no-dashboard", "--name", checkout.name], checkout))
+    processes = []
+    for number, (command, cwd) in enumerate(commands):
+        with open(tmp_path / f"fan-out-dask-{number}.log", "wb") as log:
+            processes.append(subprocess.Popen(command, cwd=cwd, env=training_env, stdout=log, stderr=subprocess.STDOUT))
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=60)
+    yield coordinator, workers, address
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_training_fans_out_to_dask_workers_in_their_own_checkouts(fan_out, training_env):
+    """Each training item runs on one of two Dask workers, each in its own checkout: it pulls its
+    inputs from the S3 DVC remote, trains and pushes the model; the flow's checkout records the
+    results in dvc.lock. The models are byte for byte what a local `dvc repro` of the items makes."""
+    coordinator, workers, address = fan_out
+    items = [f"train@{BACKBONE}-afd", "train_study@arcnn"]
+    result, _ = run_retrain(coordinator, training_env, targets=items, training_address=address, publish=False,
+                            device_deployment=None)
+    assert "FLOW_RUN_STATE COMPLETED" in result.stdout, result.stdout[-3000:] + result.stderr[-6000:]
+    models = {items[0]: f"models/{BACKBONE}/afd/model.pt", items[1]: f"models/{BACKBONE}/arcnn/model.pt"}
+    trained_on = {item: [worker for worker in workers if (worker / path).is_file()] for item, path in models.items()}
+    assert sorted(map(len, trained_on.values())) == [1, 1]  # each item trained once,
+    assert {where[0] for where in trained_on.values()} == set(workers)  # one on each worker
+    for item, (worker,) in trained_on.items():
+        assert (worker / models[item]).read_bytes() == (coordinator / models[item]).read_bytes()
+        assert (worker / "metrics" / "train").is_dir() and (coordinator / models[item]).is_file()
+    status = dvc(coordinator, "status", *items, env=training_env)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+    fanned_out = {item: (coordinator / path).read_bytes() for item, path in models.items()}
+    lock = (coordinator / "dvc.lock").read_text()
+
+    local = dvc(coordinator, "repro", "--force", "--single-item", *items, env=training_env)  # here, no worker
+    assert local.returncode == 0 and local.stdout.count("Running stage") == 2, local.stdout + local.stderr
+    assert {item: (coordinator / path).read_bytes() for item, path in models.items()} == fanned_out
+    assert (coordinator / "dvc.lock").read_text() == lock
+
+    # a worker whose checkout holds other code: its result is refused by name, and nothing here changes
+    script = ("import json, sys; from dvc.utils.serialize import load_yaml; from flows.dag import read_pipeline; "
+              "from flows.fanout import adopt; item = sys.argv[1]; entry = load_yaml('dvc.lock')['stages'][item]; "
+              "[dep.update(md5='0' * 32 + '.dir') for dep in entry['deps'] if dep['path'] == 'afd']; "
+              "adopt(read_pipeline()[item], {'worker': 'elsewhere:/old-checkout', 'lock': entry, 'files': {}})")
+    refused = subprocess.run([sys.executable, "-c", script, items[0]], cwd=coordinator, env=training_env,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert (f"AFDError: {items[0]} as trained on elsewhere:/old-checkout is not this checkout's: `dvc status` finds "
+            in refused.stderr and "'afd': 'modified'" in refused.stderr), refused.stderr[-2000:]
+    assert (coordinator / "dvc.lock").read_text() == lock
+    assert {item: (coordinator / path).read_bytes() for item, path in models.items()} == fanned_out
+
+
 def test_the_scheduler_queues_the_next_weekly_run(project, env):
     """The schedule is live: the server has queued the coming runs at the cron's times."""
     deadline = time.monotonic() + 90

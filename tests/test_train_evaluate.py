@@ -73,9 +73,10 @@ def test_batches_are_a_function_of_seed_and_step(patch_files):
     assert not torch.equal(clean, degraded)  # the degraded side really is compressed
 
 
-@pytest.mark.parametrize("method_name", ["afd", "arcnn"])
-def test_killed_training_resumes_to_the_same_weights(method_name, backbone, patch_files, tmp_path):
-    uninterrupted, full = run(method_name, backbone, patch_files, tmp_path / "a.pt", config())
+@pytest.mark.parametrize("method_name, amp", [("afd", "off"), ("arcnn", "off"), ("afd", "fp16")])
+def test_killed_training_resumes_to_the_same_weights(method_name, amp, backbone, patch_files, tmp_path):
+    """Also in mixed precision: fp16's gradient scaler is part of the resumed state."""
+    uninterrupted, full = run(method_name, backbone, patch_files, tmp_path / "a.pt", config(amp=amp))
 
     class Killed(Exception):
         pass
@@ -85,13 +86,39 @@ def test_killed_training_resumes_to_the_same_weights(method_name, backbone, patc
             raise Killed
 
     with pytest.raises(Killed):
-        run(method_name, backbone, patch_files, tmp_path / "b.pt", config(), on_log=kill_at_step_3)
-    resumed, result = run(method_name, backbone, patch_files, tmp_path / "b.pt", config())
+        run(method_name, backbone, patch_files, tmp_path / "b.pt", config(amp=amp), on_log=kill_at_step_3)
+    resumed, result = run(method_name, backbone, patch_files, tmp_path / "b.pt", config(amp=amp))
     assert result.resumed_from == 2
     for (name, p), q in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
     assert result.losses == full.losses  # the loss curve survives the restart too
     assert result.identity_losses == full.identity_losses
+
+
+def test_mixed_precision_trains_in_another_precision(backbone, patch_files, tmp_path):
+    full, full_result = run("afd", backbone, patch_files, tmp_path / "a.pt", config())
+    for amp in ("bf16", "fp16"):
+        mixed, result = run("afd", backbone, patch_files, tmp_path / f"{amp}.pt", config(amp=amp))
+        assert all(np.isfinite(loss) for _, loss in result.losses)
+        assert result.losses != full_result.losses  # the forward pass really ran in 16 bits
+        assert all(p.dtype == torch.float32 for p in mixed.parameters())  # the weights stay float32
+
+
+def test_the_cost_of_a_step_and_the_whole_run_is_known_after_the_first_steps(backbone, patch_files, tmp_path, caplog):
+    announced_at = []
+
+    def note_announcement(step, loss):
+        if not announced_at and any("s/step" in record.getMessage() for record in caplog.records):
+            announced_at.append(step)
+
+    with caplog.at_level("INFO", logger="afd.model.train"):
+        _, result = run("afd", backbone, patch_files, tmp_path / "s.pt", config(iterations=10), on_log=note_announcement)
+    assert announced_at == [6]  # one warm-up step, five timed ones: then, not at the end
+    (line,) = [record.getMessage() for record in caplog.records if "s/step" in record.getMessage()]
+    assert f"{result.seconds_per_step:.3f} s/step over steps 2-6: 10 steps projected at " in line and "on cpu" in line
+    assert result.projected_seconds == pytest.approx(10 * result.seconds_per_step)
+    assert 0 < result.seconds_per_step < result.seconds  # measured, not made up
+    assert set(result.timing()) == {"seconds", "seconds_per_step", "projected_seconds"}
 
 
 def test_a_run_resumed_inside_a_logging_window_logs_the_same_curve(backbone, patch_files, tmp_path):

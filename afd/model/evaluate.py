@@ -46,8 +46,8 @@ class Outcomes:
             feature_mse: torch.Tensor | None = None) -> None:
         """One batch: the method's log-probabilities against the clean reference's (and the
         per-image MSE of its feature at the tap, where it has one)."""
-        prediction = log_probs.argmax(dim=1)
-        self.agree += (prediction == clean_log_probs.argmax(dim=1)).tolist()
+        prediction = log_probs.argmax(dim=1).cpu()
+        self.agree += (prediction == clean_log_probs.argmax(dim=1).cpu()).tolist()
         self.correct += [None if label is None else int(p) == label for p, label in zip(prediction, labels)]
         self.kl += F.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none").sum(dim=1).tolist()
         if feature_mse is not None:
@@ -132,18 +132,20 @@ def evaluate_set(
     methods: dict[str, nn.Module],
     batches: Iterable[Batch],
     reference: CleanReference | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, Outcomes]:
-    """Per-image outcomes of each method on one set. `backbone_classifier` is the plain backbone as
-    a classifier: it gives the clean reference (`reference` keeps it across sets); every method
-    exposes `enhanced_feature(images)` and finishes through `backbone.forward_from_tap(feature, tap)`.
-    Runs channels-last, the faster layout for these convolutions on a CPU."""
+    """Per-image outcomes of each method on one set, computed on `device`. `backbone_classifier` is
+    the plain backbone as a classifier: it gives the clean reference (`reference` keeps it across
+    sets); every method exposes `enhanced_feature(images)` and finishes through
+    `backbone.forward_from_tap(feature, tap)`. Runs channels-last, the faster layout for these
+    convolutions on a CPU (and for cuDNN's)."""
     reference = reference or CleanReference(backbone_classifier, max_bytes=0)
-    for model in methods.values():
-        model.to(memory_format=torch.channels_last)
+    for model in (backbone_classifier, *methods.values()):
+        model.to(device, memory_format=torch.channels_last)
     outcomes = defaultdict(Outcomes)
     for index, batch in enumerate(batches):
-        clean = batch.clean.contiguous(memory_format=torch.channels_last)
-        degraded = batch.degraded.contiguous(memory_format=torch.channels_last)
+        clean = batch.clean.to(device, memory_format=torch.channels_last)
+        degraded = batch.degraded.to(device, memory_format=torch.channels_last)
         clean_log_probs = reference.log_probs(index, clean)
         for name, model in methods.items():
             target = reference.feature(index, clean, model.tap)  # methods may plug in at other taps
@@ -176,16 +178,19 @@ def evaluate_grid(
     sets: dict[str, Iterable[Batch]],
     cells: dict[str, list[str]] | None = None,
     progress: bool = True,
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, dict[str, Outcomes]]:
     """{method: {set: outcomes}} over every set (each an iterable of batches of the same clean
-    images); `cells` ({set: method names}) limits which methods run on which set (default: all)."""
+    images), computed on `device`; `cells` ({set: method names}) limits which methods run on which
+    set (default: all)."""
     reference = CleanReference(backbone_classifier)
     grid: dict[str, dict[str, Outcomes]] = {name: {} for name in methods}
     chosen_on = {name: {m: methods[m] for m in (cells[name] if cells else methods)} for name in sets}
     with tqdm(total=sum(map(len, chosen_on.values())), desc="grid cells", unit="cell", disable=not progress) as bar:
         for set_name, batches in sets.items():
             bar.set_postfix_str(set_name)
-            for method, outcomes in evaluate_set(backbone_classifier, chosen_on[set_name], batches, reference).items():
+            for method, outcomes in evaluate_set(backbone_classifier, chosen_on[set_name], batches, reference,
+                                                   device).items():
                 grid[method][set_name] = outcomes
             bar.update(len(chosen_on[set_name]))
     return grid

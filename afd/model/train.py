@@ -2,7 +2,11 @@
 
 Every batch is a pure function of (seed, step): which patches, which JPEG quality for each, where
 the crop lies. Together with the model and Adam state saved every `checkpoint_every` steps, this
-makes a killed run, re-run, end with exactly the weights of an uninterrupted one (on CPU).
+makes a killed run, re-run, end with exactly the weights of an uninterrupted one (on the same device).
+
+Batches are drawn on the CPU and moved to the training device (`numerics.device`); on a GPU the
+loss may be computed in mixed precision (`amp`). After its first steps a run says what a step costs
+and what the whole run will take (`StepClock`), before most of the time is spent.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from afd.data.images import GRID, load_image
 from afd.data.sets import load_set
 from afd.errors import ConfigError, TrainingError, display_name, first_line
 from afd.io import atomic_torch_save, file_sha256
-from afd.model.determinism import X86_PINS
+from afd.model.determinism import AMP_DTYPES, X86_PINS, autocast
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int
     seed: int = 0
     log_every: int = 10
+    amp: str = "off"  # numerics.amp: off, bf16 or fp16 (with a gradient scaler)
 
     def __post_init__(self):
         positive = ("iterations", "batch_size", "crop", "checkpoint_every", "log_every")
@@ -56,6 +61,8 @@ class TrainConfig:
             raise ConfigError(f"training crop must be a multiple of {GRID} (the JPEG grid), got {self.crop}")
         if not (self.lr > 0 and self.lr_after_drop > 0):
             raise ConfigError(f"learning rates must be positive, got {self.lr} and {self.lr_after_drop}")
+        if self.amp not in AMP_DTYPES:
+            raise ConfigError(f"training amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
 
     @classmethod
     def from_profile(cls, profile: dict, seed: int) -> "TrainConfig":
@@ -144,12 +151,60 @@ class PatchPairs:
         return top, left
 
 
+class StepClock:
+    """What a training step costs, measured on the steps after the first `warmup` (which allocate,
+    decode patches into the cache and pick kernels), and what the run will therefore take. Every
+    step ends with `loss.item()`, which waits for a GPU, so wall time is the step's time."""
+
+    def __init__(self, total_steps: int, warmup: int = 1, measured: int = 5):
+        self.total_steps, self.warmup, self.measured = total_steps, warmup, measured
+        self.durations: list[float] = []
+        self.started = time.perf_counter()
+
+    def step_done(self) -> bool:
+        """Note one step's end; True at the step after which the estimate is first known."""
+        now = time.perf_counter()
+        self.durations.append(now - self.started)
+        self.started = now
+        return len(self.durations) == self.warmup + self.measured
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        timed = self.durations[self.warmup : self.warmup + self.measured] or self.durations
+        return sum(timed) / len(timed) if timed else None
+
+    @property
+    def projected_seconds(self) -> float | None:
+        """The whole run's time (all `total_steps`, resumed ones included) at the measured rate."""
+        return None if self.seconds_per_step is None else self.seconds_per_step * self.total_steps
+
+    def describe(self) -> str:
+        return (f"{self.seconds_per_step:.3f} s/step over steps {self.warmup + 1}-{len(self.durations)}: "
+                f"{self.total_steps} steps projected at {format_duration(self.projected_seconds)}")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @dataclass
 class TrainResult:
     losses: list[tuple[int, float]]  # (step, mean loss over the logging window)
     identity_losses: list[tuple[int, float]]  # (step, mean loss of doing nothing on the same batches)
     resumed_from: int
     seconds: float
+    seconds_per_step: float | None = None  # measured after the first steps of this process (StepClock)
+    projected_seconds: float | None = None  # the whole run at that rate
+
+    def timing(self) -> dict[str, float]:
+        """Wall-clock numbers, kept apart from `summary` (whose file dvc.lock pins by md5)."""
+        measured = {"seconds": self.seconds, "seconds_per_step": self.seconds_per_step,
+                    "projected_seconds": self.projected_seconds}
+        return {key: value for key, value in measured.items() if value is not None}
 
     def summary(self) -> dict[str, float]:
         """Batches mix qualities, so one logging window is noisy: the means of the first and last
@@ -172,30 +227,39 @@ def train(
     identity: dict,
     on_log: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    device: torch.device = torch.device("cpu"),
 ) -> TrainResult:
-    """Train `trainable` (a part of `classifier`) with Adam, resuming from `state_path` if it holds
-    a run of the same `identity` (method, backbone, ...), config and data; else start afresh.
-    `identity_loss_fn` is logged beside the loss on every batch: the loss of doing nothing."""
+    """Train `trainable` (a part of `classifier`) with Adam on `device`, resuming from `state_path`
+    if it holds a run of the same `identity` (method, backbone, ...), config, data and numerics;
+    else start afresh. `identity_loss_fn` is logged beside the loss on every batch: the loss of
+    doing nothing."""
     state_path = Path(state_path)
-    fingerprint = _fingerprint(identity, config, data)
+    classifier.to(device)
+    fingerprint = _fingerprint(identity, config, data, device)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=config.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")  # fp16 gradients underflow unscaled
     # `window`: the (loss, identity loss) pairs since the last logged step; checkpointed with the
     # rest, so a run resumed inside a logging window logs the same means as an uninterrupted one.
-    start, losses, identity_losses, window = _resume(state_path, fingerprint, trainable, optimizer)
+    start, losses, identity_losses, window = _resume(state_path, fingerprint, trainable, optimizer, scaler)
     classifier.train()
     started = time.perf_counter()
+    clock = StepClock(config.iterations)
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations,
                desc=identity.get("name", "train"), disable=not progress, unit="it")
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        clean, degraded = data.batch(step, config.seed, config.batch_size, config.crop)
-        loss = loss_fn(classifier, clean, degraded)
-        identity_loss = identity_loss_fn(classifier, clean, degraded)
+        clean, degraded = (t.to(device) for t in data.batch(step, config.seed, config.batch_size, config.crop))
+        with autocast(config.amp, device):
+            loss = loss_fn(classifier, clean, degraded)
+            identity_loss = identity_loss_fn(classifier, clean, degraded)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         window.append((loss.item(), identity_loss.item()))
+        if clock.step_done():
+            log.info("%s: %s on %s", identity.get("name", "train"), clock.describe(), device)
         done = step + 1
         if done % config.log_every == 0 or done == config.iterations:
             mean = sum(v for v, _ in window) / len(window)
@@ -206,9 +270,10 @@ def train(
             if on_log is not None:
                 on_log(done, mean)
         if done % config.checkpoint_every == 0 or done == config.iterations:
-            _save_state(state_path, fingerprint, done, trainable, optimizer, losses, identity_losses, window)
+            _save_state(state_path, fingerprint, done, trainable, optimizer, scaler, losses, identity_losses, window)
     classifier.eval()
-    return TrainResult(losses, identity_losses, start, time.perf_counter() - started)
+    return TrainResult(losses, identity_losses, start, time.perf_counter() - started, clock.seconds_per_step,
+                       clock.projected_seconds)
 
 
 @torch.no_grad()
@@ -244,13 +309,13 @@ def check_learned(name: str, loss_ratio: float, alive: float, max_loss_ratio: fl
                             f"try a smaller methods.{name}.lr_scale in params.yaml")
 
 
-def _fingerprint(identity: dict, config: TrainConfig, data: PatchPairs) -> str:
+def _fingerprint(identity: dict, config: TrainConfig, data: PatchPairs, device: torch.device) -> str:
     """What a resumed run must share with the checkpoint: the method and backbone, the settings,
-    the data, the code and the CPU numerics. A checkpoint of other code or numerics (a changed loss,
-    another thread count) would otherwise be resumed, or even taken as finished, when DVC re-runs
-    the stage because that code changed."""
+    the data, the code and the numerics (CPU pins, device). A checkpoint of other code or numerics
+    (a changed loss, another thread count, a GPU) would otherwise be resumed, or even taken as
+    finished, when DVC re-runs the stage because that code changed."""
     payload = json.dumps({"identity": identity, "config": asdict(config), "data": data.fingerprint(),
-                          "code": _code_digest(), "numerics": _numerics()}, sort_keys=True)
+                          "code": _code_digest(), "numerics": _numerics(device)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -264,12 +329,15 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def _numerics() -> dict:
-    return {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            **{key: os.environ.get(key) for key in X86_PINS}}
+def _numerics(device: torch.device) -> dict:
+    numerics = {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                **{key: os.environ.get(key) for key in X86_PINS}}
+    if device.type == "cuda":  # a CPU run's fingerprint stays what it was
+        numerics["gpu"] = torch.cuda.get_device_name(device)
+    return numerics
 
 
-def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer) -> tuple[int, list, list, list]:
+def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer, scaler) -> tuple[int, list, list, list]:
     """(step, logged losses, logged identity losses, current logging window) from `state_path`, with
     the model and optimizer restored; (0, [], [], []) to start afresh. A damaged state file is set aside
     (`state.pt.damaged`) with one log line: it must not stop every later run."""
@@ -287,6 +355,8 @@ def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer)
             return 0, [], [], []
         trainable.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler.is_enabled():  # fp16 only: the fingerprint holds amp, so the state has it
+            scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
         losses, identity_losses = ([(int(s), float(v)) for s, v in state[key]] for key in ("losses", "identity_losses"))
         window = [(float(loss), float(identity)) for loss, identity in state["window"]]
@@ -302,7 +372,7 @@ def _resume(state_path: Path, fingerprint: str, trainable: nn.Module, optimizer)
     return step, losses, identity_losses, window
 
 
-def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimizer, losses, identity_losses,
+def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimizer, scaler, losses, identity_losses,
                 window) -> None:
     state = {
         "fingerprint": fingerprint,
@@ -313,4 +383,6 @@ def _save_state(state_path: Path, fingerprint: str, step: int, trainable, optimi
         "identity_losses": [list(item) for item in identity_losses],
         "window": [list(item) for item in window],
     }
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     atomic_torch_save(state, state_path)

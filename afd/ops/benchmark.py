@@ -5,17 +5,21 @@ Rows in eager PyTorch: the backbone alone, the AFD-Module in its training (multi
 forms, the backbone with either plugged in, and a fresh module of every other method kind
 (afd.model.methods: the DDP-style enhancer at the tap, ARCNN on the full image). Rows on
 ExecuTorch (XNNPACK), what a phone runs: the whole classifiers, backbone alone and with the fused,
-multi-branch and int8 AFD. Every latency comes from the same process, thread count and input, with
-the repeats interleaved across rows and runtimes, so the ratios between rows are meaningful even
-though the absolute times depend on the machine. Eager models and inputs are channels-last (NHWC)
+multi-branch and int8 AFD. On a machine with a GPU (`numerics.device`), the eager rows are also
+timed there (runtime "cuda", each call waited for with `torch.cuda.synchronize`). Every latency
+comes from the same process, thread count and input, with the repeats interleaved across rows and
+runtimes, so the ratios between rows are meaningful even though the absolute times depend on the
+machine. Eager models and inputs are channels-last (NHWC)
 by default, the layout XNNPACK uses; on this CPU it also makes the fused AFD's small convolutions faster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +30,13 @@ from afd.errors import ConfigError
 from afd.model.afd_module import AFD_SIZES, AFDConfig, AFDModule
 from afd.model.backbones import build_backbone
 from afd.model.classifier import EnhancedClassifier
+from afd.model.determinism import describe_device
 from afd.model.efficiency import Efficiency, count_macs, count_parameters, measure_call_latencies
 from afd.model.methods import AT_TAP, BEFORE_BACKBONE, DIRECT_TEST, KINDS
 from afd.model.repconv import is_reparameterized, reparameterize
 from afd.ops.export import executorch_threads, export_executorch, in_processes, load_executorch, quantize_int8
 
-EAGER, EXECUTORCH = "eager", "executorch"  # the runtimes a row can be timed on
+EAGER, CUDA, EXECUTORCH = "eager", "cuda", "executorch"  # the runtimes a row can be timed on (eager: on the CPU)
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,13 @@ def compare_efficiency(
     channels_last: bool = True,
     progress=None,
     executorch_dir: str | Path | None = None,
+    gpu: torch.device | None = None,
 ) -> list[Row]:
     """Measure every method of Table VII on one random image; `afd` defaults to an untrained module
     (timing does not depend on the weights). `progress(names)` is called before timing starts.
     With `executorch_dir`, the whole classifiers (backbone alone, with the fused, the multi-branch
-    and the int8 AFD) are also lowered to ExecuTorch programs there and timed in the same run,
-    interleaved with the eager ones."""
+    and the int8 AFD) are also lowered to ExecuTorch programs there; with `gpu`, every eager row is
+    also run on that CUDA device. All are timed in the same run, interleaved with the eager ones."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     backbone = build_backbone(backbone_name, weights)
     tap = tap or backbone.default_tap
@@ -97,38 +103,51 @@ def compare_efficiency(
     eager = [(model.eval().to(memory_format=layout), inputs) for _, _, model, inputs in candidates]
     rows = [Row(role, name, Efficiency(count_parameters(model), count_macs(model, inputs), None))
             for (role, name, _, _), (model, inputs) in zip(candidates, eager)]
-    eager_calls = [functools.partial(model, *inputs) for model, inputs in eager]
-    if executorch_dir is None:
+    calls = [functools.partial(model, *inputs) for model, inputs in eager]
+    if gpu is not None:
+        rows += [dataclasses.replace(row, runtime=CUDA) for row in rows[:len(eager)]]
+        calls += [_synchronized(copy.deepcopy(model).to(gpu), [x.to(gpu) for x in inputs], gpu) for model, inputs in eager]
+    ptes = {}
+    if executorch_dir is not None:
+        classifiers = deployed_classifiers(backbone, tap, afd, fused)
         if progress is not None:
-            progress(", ".join(name for _, name, _, _ in candidates))
-        with torch.inference_mode():
-            latencies = measure_call_latencies(eager_calls, threads, warmup, repeats)
-        return [dataclasses.replace(row, efficiency=dataclasses.replace(row.efficiency, latency=latency))
-                for row, latency in zip(rows, latencies)]
-
-    example = images.contiguous()
-    classifiers = deployed_classifiers(backbone, tap, afd, fused)
-    if progress is not None:
-        progress(f"lowering {', '.join(DEVICE_ROLES[role] for role in classifiers)} to ExecuTorch (XNNPACK)")
-    calibration = torch.rand(8, *example.shape[1:], generator=torch.Generator().manual_seed(1))
-    order = sorted(classifiers, key=lambda role: role != "afd_int8")  # two at a time, the longest first
-    lowered = dict(zip(order, in_processes([
-        functools.partial(lower_classifier, classifiers[role], example, Path(executorch_dir) / f"{role}.pte",
-                          calibration if role == "afd_int8" else None) for role in order])))
-    ptes = {role: lowered[role] for role in classifiers}
-    for role, model in classifiers.items():
-        rows.append(Row(role, DEVICE_ROLES[role], Efficiency(count_parameters(model), count_macs(model, (images,)), None),
-                        EXECUTORCH))
+            progress(f"lowering {', '.join(DEVICE_ROLES[role] for role in classifiers)} to ExecuTorch (XNNPACK)")
+        ptes = lower_classifiers(classifiers, images.contiguous(), Path(executorch_dir))
+        rows += [Row(role, DEVICE_ROLES[role], Efficiency(count_parameters(model), count_macs(model, (images,)), None),
+                     EXECUTORCH) for role, model in classifiers.items()]
     if progress is not None:
         progress(", ".join(row.name for row in rows))
     inputs = [images.contiguous()]
-    with executorch_threads(threads), torch.inference_mode():  # methods load and go inside the pool's block
+    # ExecuTorch methods load and run inside the thread pool's block: they keep the pool they were loaded with
+    with executorch_threads(threads) if ptes else contextlib.nullcontext(), torch.inference_mode():
         methods = [load_executorch(pte) for pte in ptes.values()]
-        latencies = measure_call_latencies(eager_calls + [lambda m=m: m.execute(inputs) for m in methods],
+        latencies = measure_call_latencies(calls + [lambda m=m: m.execute(inputs) for m in methods],
                                            threads, warmup, repeats)
         del methods
     return [dataclasses.replace(row, efficiency=dataclasses.replace(row.efficiency, latency=latency))
             for row, latency in zip(rows, latencies)]
+
+
+def _synchronized(model: nn.Module, inputs: list[torch.Tensor], gpu: torch.device):
+    """A call of `model` on the GPU that returns when the GPU has finished it (kernels run
+    asynchronously: without the wait, a timer measures only the launch)."""
+
+    def call():
+        model(*inputs)
+        torch.cuda.synchronize(gpu)
+
+    return call
+
+
+def lower_classifiers(classifiers: dict[str, nn.Module], example: torch.Tensor, folder: Path) -> dict[str, Path]:
+    """{role: its `.pte` in `folder`}, lowered two at a time in processes of their own, the
+    longest (int8) first."""
+    calibration = torch.rand(8, *example.shape[1:], generator=torch.Generator().manual_seed(1))
+    order = sorted(classifiers, key=lambda role: role != "afd_int8")
+    lowered = dict(zip(order, in_processes([
+        functools.partial(lower_classifier, classifiers[role], example, folder / f"{role}.pte",
+                          calibration if role == "afd_int8" else None) for role in order])))
+    return {role: lowered[role] for role in classifiers}
 
 
 def deployed_classifiers(backbone: nn.Module, tap: str, afd: AFDModule, fused: AFDModule) -> dict[str, nn.Module]:
@@ -149,17 +168,25 @@ def lower_classifier(model: nn.Module, example: torch.Tensor, path: Path, calibr
 
 
 def efficiency_ratios(rows: list[Row]) -> dict[str, float]:
-    """The ratios the project's targets are stated in, from one run's rows: in eager PyTorch, and
-    (prefixed `executorch.`) between the whole classifiers on ExecuTorch where they were timed."""
-    ms = {row.role: row.efficiency.latency.median_ms for row in rows if row.runtime == EAGER}
+    """The ratios the project's targets are stated in, from one run's rows: in eager PyTorch on the
+    CPU, (prefixed `cuda.`) the same on the GPU, and (prefixed `executorch.`) between the whole
+    classifiers on ExecuTorch, where they were timed."""
+    ratios = _eager_ratios({row.role: row.efficiency.latency.median_ms for row in rows if row.runtime == EAGER})
+    on_gpu = {row.role: row.efficiency.latency.median_ms for row in rows if row.runtime == CUDA}
+    if on_gpu:
+        ratios.update({f"{CUDA}.{key}": value for key, value in _eager_ratios(on_gpu).items()})
+    ratios.update({f"{EXECUTORCH}.{key}": value for key, value in device_ratios(
+        [row.to_dict() for row in rows if row.runtime == EXECUTORCH]).items()})
+    return ratios
+
+
+def _eager_ratios(ms: dict[str, float]) -> dict[str, float]:
     return {
         "fusing_speedup": ms["afd_unfused"] / ms["afd_fused"],
         "afd_overhead": ms["afd_fused"] / ms["backbone"],
         "plugged_overhead": ms["backbone_with_afd"] / ms["backbone"] - 1.0,
         "plugged_fusing_speedup": ms["backbone_with_afd_unfused"] / ms["backbone_with_afd"],
         **{f"{kind}_over_afd": ms[kind] / ms["afd_fused"] for kind in KINDS if kind in ms and kind != "afd"},
-        **{f"{EXECUTORCH}.{key}": value for key, value in device_ratios(
-            [row.to_dict() for row in rows if row.runtime == EXECUTORCH]).items()},
     }
 
 
@@ -196,6 +223,18 @@ def target_verdicts(ratios: dict[str, float]) -> list[str]:
     return [verdict for target in TARGETS if (verdict := target.verdict(ratios)) is not None]
 
 
+def efficiency_record(rows: list[Row], setup: str, threads: int, gpu: torch.device | None = None) -> dict:
+    """One run's measurements as metrics/efficiency.json keeps them (and `efficiency_markdown`
+    renders them): the setup, where each runtime ran, the rows, their ratios and the targets' verdicts."""
+    cpu = f"{platform.processor() or platform.machine()} CPU, {threads} thread(s)"
+    runtimes = {row.runtime for row in rows}
+    devices = {EAGER: cpu, **({CUDA: f"{describe_device(gpu)}, each call synchronised"} if CUDA in runtimes else {}),
+               **({EXECUTORCH: f"{cpu}, XNNPACK"} if EXECUTORCH in runtimes else {})}
+    ratios = efficiency_ratios(rows)
+    return {"setup": setup, "devices": devices, "rows": [row.to_dict() for row in rows], "ratios": ratios,
+            "targets": target_verdicts(ratios)}
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown table of `Row.to_dict()` rows timed in one runtime (as stored in
     metrics/efficiency.json; the device benchmark's rows): params (M), MACs (G), latency median and p90 (ms)."""
@@ -212,17 +251,23 @@ def format_table(rows: list[dict]) -> str:
 
 
 def efficiency_markdown(measured: dict) -> str:
-    """One backbone's entry of metrics/efficiency.json as Markdown: the setup, the whole classifiers
-    in both runtimes, each module alone, the ratios and the targets met or missed."""
-    return "\n\n".join([
-        measured["setup"],
-        "Whole classifiers, eager PyTorch and ExecuTorch (XNNPACK, what a phone runs):",
-        format_runtime_table(measured["rows"]),
-        "Each module alone, eager PyTorch:",
-        format_table([row for row in measured["rows"] if row["runtime"] == EAGER]),
-        "Ratios from the same run: " + ", ".join(f"{k} = {v:.3f}" for k, v in measured["ratios"].items()) + ".",
-        "Targets:\n" + "\n".join(f"- {verdict}" for verdict in measured["targets"]),
-    ])
+    """One backbone's entry of metrics/efficiency.json as Markdown: the setup and where each runtime
+    ran, the whole classifiers in both CPU runtimes (when ExecuTorch was timed), each module alone
+    (on the CPU, and on the GPU when there was one), the ratios and the targets met or missed."""
+    rows, devices = measured["rows"], measured.get("devices", {})
+    runtimes = {row["runtime"] for row in rows}
+    parts = [measured["setup"]]
+    if devices:
+        parts.append("Measured on: " + "; ".join(f"{runtime}: {where}" for runtime, where in devices.items()) + ".")
+    if EXECUTORCH in runtimes:
+        parts += ["Whole classifiers, eager PyTorch and ExecuTorch (XNNPACK, what a phone runs):",
+                  format_runtime_table(rows)]
+    for runtime, title in ((EAGER, "eager PyTorch"), (CUDA, f"eager PyTorch on the GPU ({devices.get(CUDA, 'cuda')})")):
+        if runtime in runtimes:
+            parts += [f"Each module alone, {title}:", format_table([row for row in rows if row["runtime"] == runtime])]
+    parts += ["Ratios from the same run: " + ", ".join(f"{k} = {v:.3f}" for k, v in measured["ratios"].items()) + ".",
+              "Targets:\n" + "\n".join(f"- {verdict}" for verdict in measured["targets"])]
+    return "\n\n".join(parts)
 
 
 # The eager rows that are whole classifiers, and their ExecuTorch role (DEVICE_ROLES).

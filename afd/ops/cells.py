@@ -17,9 +17,11 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from afd.errors import AFDError
 from afd.io import atomic_write_text, file_md5, file_sha256
-from afd.model.determinism import pin_cpu_numerics
+from afd.model.determinism import describe_device, pin_numerics
 from afd.model.evaluate import Outcomes, evaluate_grid
 from afd.model.methods import DIRECT_TEST, Method
 from afd.ops.layout import CELL_CACHE, deployable_model, eval_sets
@@ -28,14 +30,16 @@ from afd.ops.layout import CELL_CACHE, deployable_model, eval_sets
 class CellCache:
     """The cells of one backbone's grid, by (method, set), under CELL_CACHE/<backbone>/."""
 
-    def __init__(self, params: dict, backbone_name: str, weights_file, tap: str, root: Path = CELL_CACHE):
+    def __init__(self, params: dict, backbone_name: str, weights_file, tap: str, device: torch.device,
+                 root: Path = CELL_CACHE):
         self.params, self.backbone_name = params, backbone_name
         self.folder = root / backbone_name
         self.sets = eval_sets(params)
         self.common = {"code": _code_digest(), "backbone": backbone_name, "settings": params["backbones"][backbone_name],
                        "weights": file_sha256(weights_file) if weights_file else "random", "tap": tap,
                        "clean": _folder_digest(self.sets["clean"]),
-                       "batch_size": params["evaluate"]["batch_size"], "threads": params["numerics"]["threads"]}
+                       "batch_size": params["evaluate"]["batch_size"], "threads": params["numerics"]["threads"],
+                       "device": describe_device(device) if device.type == "cuda" else "cpu"}  # a GPU's cells differ
         self.digests: dict[str, str] = {}
 
     def key(self, method: str, set_name: str) -> str:
@@ -85,15 +89,16 @@ def compute_method_cells(params: dict, backbone_name: str, method: str) -> str:
     """Every cell of `method` (or DirectTest) in `backbone_name`'s grid that the cache lacks."""
     from afd.ops.pipeline import evaluation_sets, grid_cells, trained_methods
 
-    pin_cpu_numerics(params["numerics"]["threads"])
+    device, _ = pin_numerics(params["numerics"]["threads"], params["numerics"]["device"])
     trained = trained_methods(params, backbone_name, [method])
-    cache = CellCache(params, backbone_name, trained.backbone.weights_file, trained.tap)
+    cache = CellCache(params, backbone_name, trained.backbone.weights_file, trained.tap, device)
     missing = [s for s, methods in grid_cells(params, backbone_name).items()
                if method in methods and cache.load(method, s) is None]
     if missing:
         sets = evaluation_sets(params, missing)
         direct = trained.classifiers[DIRECT_TEST]
-        grid = evaluate_grid(direct, {method: trained.classifiers[method]}, sets, {s: [method] for s in missing})
+        grid = evaluate_grid(direct, {method: trained.classifiers[method]}, sets, {s: [method] for s in missing},
+                            device=device)
         for set_name, outcomes in grid[method].items():
             cache.save(method, set_name, outcomes)
     return f"{backbone_name}/{method}: {len(missing)} cells computed"

@@ -16,6 +16,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -29,6 +30,7 @@ from afd.data.images import GRID
 from afd.errors import ConfigError, display_name
 from afd.io import parse_yaml
 from afd.model.afd_module import AFD_SIZES, FDM_SOURCES
+from afd.model.determinism import AMP_DTYPES
 from afd.model.methods import METHOD_KINDS
 from afd.ops.layout import eval_sets
 
@@ -170,8 +172,14 @@ class Efficiency(_Section):
     repeats: Count
 
 
+def _amp_off(value):
+    return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+
 class Numerics(_Section):
     threads: Count
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]  # afd.model.determinism.DEVICES
+    amp: Annotated[Literal[tuple(AMP_DTYPES)], BeforeValidator(_amp_off)]  # type: ignore[valid-type]
 
 
 class ParamsSchema(_Section):

@@ -107,18 +107,19 @@ def grid_cells(params: dict, backbone_name: str) -> dict[str, list[str]]:
             for name in eval_sets(params)}
 
 
-def evaluate_backbone(params: dict, trained: TrainedMethods) -> dict[str, dict[str, Outcomes]]:
+def evaluate_backbone(params: dict, trained: TrainedMethods,
+                      device: torch.device = torch.device("cpu")) -> dict[str, dict[str, Outcomes]]:
     """The grid method x set of `grid_cells` (per-image outcomes): the cells computed ahead
-    (afd.ops.cells) from their cache, the rest in one pass over each set."""
+    (afd.ops.cells) from their cache, the rest in one pass over each set on `device`."""
     from afd.ops.cells import CellCache
 
     cells = grid_cells(params, trained.backbone_name)
-    cache = CellCache(params, trained.backbone_name, trained.backbone.weights_file, trained.tap)
+    cache = CellCache(params, trained.backbone_name, trained.backbone.weights_file, trained.tap, device)
     known = {(m, s): cache.load(m, s) for s, methods in cells.items() for m in methods}
     missing = {s: [m for m in methods if known[m, s] is None] for s, methods in cells.items()}
     missing = {s: methods for s, methods in missing.items() if methods}
     computed = evaluate_grid(trained.classifiers[DIRECT_TEST], trained.classifiers,
-                             evaluation_sets(params, list(missing)), missing) if missing else {}
+                             evaluation_sets(params, list(missing)), missing, device=device) if missing else {}
     grid: dict[str, dict[str, Outcomes]] = {name: {} for name in trained.classifiers}
     for set_name, methods in cells.items():  # sets in params.yaml's order, whichever way they came
         for method in methods:

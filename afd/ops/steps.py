@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import io
 import json
-import platform
 import sys
 
 import torch
@@ -30,7 +29,7 @@ from afd.data.sets import (
 from afd.errors import ConfigError
 from afd.io import atomic_write_text, write_json
 from afd.model.checkpoint import load_enhancer, save_enhancer
-from afd.model.determinism import pin_cpu_numerics
+from afd.model.determinism import pin_cpu_numerics, pin_numerics
 from afd.model.efficiency import count_parameters
 from afd.model.methods import Method
 from afd.ops.layout import (
@@ -120,11 +119,12 @@ def train_method(params: dict, backbone_name: str, method_name: str) -> str:
     (train.max_loss_ratio, train.min_alive_fraction): its model, loss curve and summary."""
     from afd.model.train import PatchPairs, TrainConfig, alive_fraction, check_learned, train
 
-    numerics = pin_cpu_numerics(params["numerics"]["threads"])
+    device, numerics = pin_numerics(params["numerics"]["threads"], params["numerics"]["device"])
     method = Method.from_params(method_name, params["methods"])
     seed = params["seed"] + method.seed_offset
     profile = training_profile(params)
-    config = TrainConfig.from_profile(profile, seed).with_lr_scale(method.lr_scale)
+    config = dataclasses.replace(TrainConfig.from_profile(profile, seed).with_lr_scale(method.lr_scale),
+                                 amp=params["numerics"]["amp"])
     backbone, tap = backbone_from_params(params, backbone_name)
     tap = method.tap_on(tap)
     if not backbone.pretrained:
@@ -144,11 +144,12 @@ def train_method(params: dict, backbone_name: str, method_name: str) -> str:
     with tracked_run(f"train@{backbone_name}-{method_name}", run_params, tags):
         result = train(classifier, module, method.loss, method.identity_loss, data, config,
                        CHECKPOINTS / backbone_name / method_name / "state.pt", identity,
-                       on_log=lambda step, loss: log_metrics({"loss": loss}, step=step))
+                       on_log=lambda step, loss: log_metrics({"loss": loss}, step=step), device=device)
         held_out = data.batch(config.iterations, config.seed, config.batch_size, config.crop)  # not trained on
-        alive = alive_fraction(module, lambda: method.loss(classifier.eval(), *held_out))
+        alive = alive_fraction(module, lambda: method.loss(classifier.eval(), *(t.to(device) for t in held_out)))
+        classifier.cpu()  # saved, and read by every later stage, as CPU tensors
         summary = {**result.summary(), "alive_fraction": alive, "lr": config.lr, "iterations": config.iterations}
-        log_metrics(summary)
+        log_metrics({**summary, **result.timing()})  # the timing is the run's, not in the md5-pinned metrics file
         # before any output is written: a method that did not learn must not reach the tables
         check_learned(method_name, summary["loss_ratio"], alive, params["train"]["max_loss_ratio"],
                       params["train"]["min_alive_fraction"])
@@ -164,7 +165,9 @@ def train_method(params: dict, backbone_name: str, method_name: str) -> str:
         log_artifact(curve_path)
     return (f"{backbone_name}/{method_name}: loss {summary['first_loss']:.4g} -> {summary['final_loss']:.4g} "
             f"(first and last tenth), {summary['loss_ratio']:.3f} of doing nothing's, {alive:.0%} of channels "
-            f"alive, in {result.seconds:.0f} s (resumed from step {result.resumed_from})")
+            f"alive, in {result.seconds:.0f} s on {numerics['device']} (resumed from step {result.resumed_from})"
+            + (f", {result.seconds_per_step:.3f} s/step: {result.projected_seconds:.0f} s projected for the whole run"
+               if result.seconds_per_step else ""))
 
 
 def fuse_method(params: dict, backbone_name: str, method_name: str) -> str:
@@ -203,9 +206,9 @@ def evaluate(params: dict, backbone_name: str) -> str:
     and .images.json (per-image outcomes), logged to MLflow."""
     from afd.ops.pipeline import evaluate_backbone, evaluation_record, image_outcomes, log_evaluation, trained_methods
 
-    pin_cpu_numerics(params["numerics"]["threads"])
+    device, _ = pin_numerics(params["numerics"]["threads"], params["numerics"]["device"])
     trained = trained_methods(params, backbone_name)
-    outcomes = evaluate_backbone(params, trained)
+    outcomes = evaluate_backbone(params, trained, device)
     record = evaluation_record(params, trained, outcomes)
     write_json(METRICS / "eval" / f"{backbone_name}.images.json", image_outcomes(params, outcomes))
     write_json(METRICS / "eval" / f"{backbone_name}.json", record)
@@ -251,10 +254,13 @@ def measure_efficiency(params: dict) -> str:
     architecture, not on trained weights."""
     import tempfile
 
-    from afd.ops.benchmark import compare_efficiency, efficiency_ratios, target_verdicts
+    from afd.model.determinism import resolve_device
+    from afd.ops.benchmark import compare_efficiency, efficiency_record
     from afd.ops.tracking import git_commit
 
     settings = params["efficiency"]
+    device = resolve_device(params["numerics"]["device"])  # a GPU adds its own columns; the CPU's are always timed
+    gpu = device if device.type == "cuda" else None
     results = {}
     for name in settings["backbones"]:
         _, tap = backbone_from_params(params, name)
@@ -262,17 +268,13 @@ def measure_efficiency(params: dict) -> str:
         with tempfile.TemporaryDirectory(prefix="afd-efficiency-") as programs:
             rows = compare_efficiency(name, tap, weights, threads=settings["threads"], warmup=settings["warmup"],
                                       repeats=settings["repeats"], progress=lambda names: print(f"timing {names}"),
-                                      executorch_dir=programs if settings["executorch"] else None)
-        ratios = efficiency_ratios(rows)
-        results[name] = {
-            "setup": (f"One random 224x224 image, {settings['threads']} thread(s), {settings['warmup']} warm-up runs, "
-                      f"{settings['repeats']} repeats interleaved across every row: eager PyTorch (channels-last)"
-                      + (f" and ExecuTorch {executorch_version()} with XNNPACK" if settings["executorch"] else "")
-                      + f", on {platform.processor() or platform.machine()} with torch {torch.__version__}."),
-            "rows": [row.to_dict() for row in rows],
-            "ratios": ratios,
-            "targets": target_verdicts(ratios),
-        }
+                                      executorch_dir=programs if settings["executorch"] else None, gpu=gpu)
+        setup = (f"One random 224x224 image, {settings['threads']} thread(s), {settings['warmup']} warm-up runs, "
+                 f"{settings['repeats']} repeats interleaved across every row: eager PyTorch (channels-last)"
+                 + (" on the CPU and the GPU" if gpu else "")
+                 + (f" and ExecuTorch {executorch_version()} with XNNPACK" if settings["executorch"] else "")
+                 + f", torch {torch.__version__}.")
+        results[name] = efficiency_record(rows, setup, settings["threads"], gpu)
     write_json(METRICS / "efficiency.json", results)
     with tracked_run("efficiency", settings, {"stage": "efficiency", "git_commit": git_commit()}):
         for name, measured in results.items():
