@@ -103,6 +103,29 @@ def temporary_files_under_pytest(tmp_path_factory):
     tempfile.tempdir = previous[1]
 
 
+@pytest.fixture(scope="module")
+def patch_files(tmp_path_factory):
+    """Six 64x64 patches of a real photo, clean (PNG) and at two JPEG qualities."""
+    import numpy as np
+
+    from afd.data.codecs import jpeg
+    from afd.data.images import load_image, random_crop
+    from afd.data.samples import sample_photos
+
+    root = tmp_path_factory.mktemp("patches")
+    photo = load_image(sample_photos()["astronaut"])
+    rng = np.random.default_rng(0)
+    clean, degraded = [], {"jpeg_q10": [], "jpeg_q25": []}
+    for i in range(6):
+        patch = random_crop(photo, 64, rng)
+        clean.append(root / f"p{i}.png")
+        patch.save(clean[-1])
+        for name, quality in (("jpeg_q10", 10), ("jpeg_q25", 25)):
+            degraded[name].append(root / f"p{i}_{name}.png")
+            jpeg(patch, quality).save(degraded[name][-1])
+    return clean, degraded
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     server = start_s3(tmp_path_factory.mktemp("seaweedfs"), TEST_ACCESS_KEY, TEST_SECRET_KEY, BUCKET)

@@ -66,7 +66,7 @@ def test_efficiency_comparison_has_every_method_and_consistent_ratios():
 def test_the_whole_classifiers_are_timed_on_executorch_in_the_same_run(tmp_path):
     """Backbone alone, with the fused, the multi-branch and the int8 AFD, lowered and timed on
     ExecuTorch interleaved with the eager rows; the ratios and the targets' verdicts follow."""
-    from afd.ops.benchmark import EXECUTORCH, efficiency_markdown, target_verdicts
+    from afd.ops.benchmark import EXECUTORCH, efficiency_markdown, efficiency_record, target_verdicts
 
     rows = compare_efficiency("efficientnet_lite0", image_size=64, warmup=1, repeats=2, executorch_dir=tmp_path)
     device = {row.role: row for row in rows if row.runtime == EXECUTORCH}
@@ -80,9 +80,12 @@ def test_the_whole_classifiers_are_timed_on_executorch_in_the_same_run(tmp_path)
     assert {"executorch.fusing_speedup", "executorch.int8_speedup"} <= set(ratios)
     verdicts = target_verdicts(ratios)
     assert any(v.startswith("the fused AFD adds at most 15% to the backbone on ExecuTorch: ") for v in verdicts)
-    markdown = efficiency_markdown({"setup": "test", "rows": [row.to_dict() for row in rows], "ratios": ratios,
-                                    "targets": verdicts})
+    record = efficiency_record(rows, "test", threads=1)
+    assert record["ratios"] == ratios and record["targets"] == verdicts
+    assert set(record["devices"]) == {"eager", "executorch"}  # where each runtime's column ran
+    markdown = efficiency_markdown(record)
     assert "| backbone + AFD (fused, int8) |" in markdown and "| AFD (fused) |" in markdown
+    assert "Measured on: eager: " in markdown and "; executorch: " in markdown and "XNNPACK" in markdown
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".pte"] * 4
 
 

@@ -1,7 +1,6 @@
 """The GPU paths: training, evaluation and the efficiency table on CUDA. Skipped without a GPU
 (this project's CI has none); run them on a machine with one: `pytest tests/test_gpu.py`."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,25 +21,6 @@ GPU = torch.device("cuda", 0)
 def backbone():
     pin_numerics(torch.get_num_threads(), "cuda")  # cuDNN deterministic, no TF32, cuBLAS workspace
     return build_backbone("efficientnet_lite0")
-
-
-@pytest.fixture(scope="module")
-def patch_files(tmp_path_factory):
-    from afd.data.codecs import jpeg
-    from afd.data.images import load_image, random_crop
-    from afd.data.samples import sample_photos
-
-    root = tmp_path_factory.mktemp("patches")
-    photo = load_image(sample_photos()["astronaut"])
-    rng = np.random.default_rng(0)
-    clean, degraded = [], {"jpeg_q10": []}
-    for i in range(6):
-        patch = random_crop(photo, 64, rng)
-        clean.append(root / f"p{i}.png")
-        patch.save(clean[-1])
-        degraded["jpeg_q10"].append(root / f"p{i}_q10.png")
-        jpeg(patch, 10).save(degraded["jpeg_q10"][-1])
-    return clean, degraded
 
 
 def train_on_gpu(backbone, patch_files, state_path, amp="off"):

@@ -29,23 +29,6 @@ def backbone():
     return build_backbone("efficientnet_lite0")
 
 
-@pytest.fixture(scope="module")
-def patch_files(tmp_path_factory):
-    """Six 64x64 patches of a real photo, clean (PNG) and at two JPEG qualities."""
-    root = tmp_path_factory.mktemp("patches")
-    photo = load_image(sample_photos()["astronaut"])
-    rng = np.random.default_rng(0)
-    clean, degraded = [], {"jpeg_q10": [], "jpeg_q25": []}
-    for i in range(6):
-        patch = random_crop(photo, 64, rng)
-        clean.append(root / f"p{i}.png")
-        patch.save(clean[-1])
-        for name, quality in (("jpeg_q10", 10), ("jpeg_q25", 25)):
-            degraded[name].append(root / f"p{i}_{name}.png")
-            jpeg(patch, quality).save(degraded[name][-1])
-    return clean, degraded
-
-
 def config(**overrides):
     values = dict(iterations=6, batch_size=2, crop=32, lr=1e-3, lr_drop_at=4, lr_after_drop=1e-4,
                   checkpoint_every=2, seed=0, log_every=1)
