@@ -27,7 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from afd.errors import AFDError
+from afd.errors import AFDError, first_line
 from afd.io import atomic_path, atomic_write_text
 from flows.dag import Stage
 from flows.tasks import DVC_LOCK, dvc, dvc_changes, log
@@ -35,6 +35,7 @@ from flows.tasks import DVC_LOCK, dvc, dvc_changes, log
 WORKER_LOCK = Path(".dvc/tmp/afd-fanout.lock")  # one fanned-out stage at a time per worker checkout
 PIPELINE_STATE = ("params.yaml", "dvc.lock")  # what a worker's checkout takes from the flow's
 WAIT_FOR_WORKERS_S = 120
+CONNECT_TIMEOUT_S = 30
 
 
 def train_on_cluster(stage: Stage, address: str) -> dict:
@@ -42,10 +43,17 @@ def train_on_cluster(stage: Stage, address: str) -> dict:
     checkout's dvc.lock. Returns where it ran and how long it took."""
     from distributed import Client
 
+    if not dvc("remote", "list").strip():
+        raise AFDError(f"{stage.name}: training on other machines goes through the DVC remote, and this checkout "
+                       "has none (`dvc remote add -d ...`, the same one the workers' checkouts use)")
     dvc("push", *stage.upstream)  # the worker's inputs, by the md5s in this dvc.lock
     state = {name: Path(name).read_text() if Path(name).is_file() else None for name in PIPELINE_STATE}
     started = time.monotonic()
-    with Client(address, timeout=60, set_as_default=False) as client:
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except OSError as error:
+        raise AFDError(f"{stage.name}: cannot reach the Dask scheduler at {address} ({first_line(error)})") from None
+    with client:
         try:
             client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
         except TimeoutError:
@@ -79,16 +87,20 @@ def run_in_this_checkout(stage: Stage, state: dict[str, str | None]) -> dict:
         dvc("repro", "--single-item", stage.name)
         dvc("push", stage.name)
         entry = load_yaml("dvc.lock")["stages"][stage.name]  # DVC's YAML 1.2 reader: `off` stays a string
-        files = {path: Path(path).read_bytes() for path in stage.uncached_outs}  # bytes: the plots' csv ends lines in CRLF
+        files = {path: Path(path).read_bytes() for path in stage.uncached_outs}  # bytes: the plots' csv has CRLF
     return {"worker": f"{platform.node()}:{root}", "lock": entry, "files": files}
 
 
 def adopt(stage: Stage, trained: dict) -> None:
     """Make a worker's run of `stage` this checkout's: its uncached outputs written here, its
     dvc.lock entry merged, its cached outputs pulled; refused unless `dvc status` then finds the
-    stage up to date here, and then the stage's entry and outputs are put back as they were."""
+    stage up to date here. A refused or unreachable result leaves the stage's entry and outputs here
+    as they were."""
     from dvc.utils.serialize import modify_yaml
 
+    if sorted(trained["files"]) != sorted(stage.uncached_outs):  # a worker writes nothing else here
+        raise AFDError(f"{stage.name}: the worker {trained['worker']} sent {sorted(trained['files'])}, "
+                       f"not the stage's uncached outputs {sorted(stage.uncached_outs)}")
     with FileLock(DVC_LOCK):  # no other DVC command of this flow writes dvc.lock meanwhile
         before = {path: Path(path).read_bytes() if Path(path).is_file() else None
                   for path in ("dvc.lock", *trained["files"])}
@@ -97,9 +109,14 @@ def adopt(stage: Stage, trained: dict) -> None:
         with modify_yaml("dvc.lock") as lock:
             lock.setdefault("schema", "2.0")
             lock.setdefault("stages", {})[stage.name] = trained["lock"]
-    dvc("pull", stage.name)
-    changes = dvc_changes(stage.name)
-    if changes:
+    try:
+        dvc("pull", stage.name)
+        changes = dvc_changes(stage.name)
+        if changes:
+            raise AFDError(f"{stage.name} as trained on {trained['worker']} is not this checkout's: `dvc status` "
+                           f"finds {changes.get(stage.name, changes)}. The worker's checkout must hold the same code "
+                           "(git commit) and reach the same DVC remote")
+    except AFDError:  # a refused result, or a model the remote does not hold: this checkout as it was
         with FileLock(DVC_LOCK):
             for path, content in before.items():
                 if content is None:
@@ -107,9 +124,7 @@ def adopt(stage: Stage, trained: dict) -> None:
                 else:
                     _write_bytes(path, content)
         dvc("checkout", "--force", "--allow-missing", stage.name)
-        raise AFDError(f"{stage.name} as trained on {trained['worker']} is not this checkout's: `dvc status` finds "
-                       f"{changes[stage.name] if stage.name in changes else changes}. The worker's checkout must hold "
-                       "the same code (git commit) and reach the same DVC remote")
+        raise
 
 
 def _write_bytes(path: str, content: bytes) -> None:

@@ -428,7 +428,8 @@ def test_training_fans_out_to_dask_workers_in_their_own_checkouts(fan_out, train
     script = ("import json, sys; from dvc.utils.serialize import load_yaml; from flows.dag import read_pipeline; "
               "from flows.fanout import adopt; item = sys.argv[1]; entry = load_yaml('dvc.lock')['stages'][item]; "
               "[dep.update(md5='0' * 32 + '.dir') for dep in entry['deps'] if dep['path'] == 'afd']; "
-              "adopt(read_pipeline()[item], {'worker': 'elsewhere:/old-checkout', 'lock': entry, 'files': {}})")
+              "stage = read_pipeline()[item]; files = {path: open(path, 'rb').read() for path in stage.uncached_outs}; "
+              "adopt(stage, {'worker': 'elsewhere:/old-checkout', 'lock': entry, 'files': files})")
     refused = subprocess.run([sys.executable, "-c", script, items[0]], cwd=coordinator, env=training_env,
                              capture_output=True, text=True)
     assert refused.returncode != 0
