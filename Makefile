@@ -14,7 +14,7 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-# The main job: the whole reproduction on the embedded default (params.yaml), ~15 min on 2 cores.
+# The main job: the whole reproduction on the embedded default (params.yaml), about 25 min on 2 cores (README: Results).
 repro: $(INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 

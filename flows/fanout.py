@@ -28,9 +28,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from afd.errors import AFDError, first_line
-from afd.io import atomic_path, atomic_write_text
+from afd.io import atomic_path
 from flows.dag import Stage
-from flows.tasks import DVC_LOCK, dvc, dvc_changes, log
+from flows.tasks import DVC_LOCK, dvc, dvc_changes, dvc_remote_configured, log
 
 WORKER_LOCK = Path(".dvc/tmp/afd-fanout.lock")  # one fanned-out stage at a time per worker checkout
 PIPELINE_STATE = ("params.yaml", "dvc.lock")  # what a worker's checkout takes from the flow's
@@ -38,16 +38,16 @@ WAIT_FOR_WORKERS_S = 120
 CONNECT_TIMEOUT_S = 30
 
 
-def train_on_cluster(stage: Stage, address: str) -> dict:
+def train_on_cluster(stage: Stage, address: str) -> None:
     """Run `stage` on a worker of the Dask scheduler at `address` and record its result in this
-    checkout's dvc.lock. Returns where it ran and how long it took."""
+    checkout's dvc.lock."""
     from distributed import Client
 
-    if not dvc("remote", "list").strip():
+    if not dvc_remote_configured():
         raise AFDError(f"{stage.name}: training on other machines goes through the DVC remote, and this checkout "
                        "has none (`dvc remote add -d ...`, the same one the workers' checkouts use)")
     dvc("push", *stage.upstream)  # the worker's inputs, by the md5s in this dvc.lock
-    state = {name: Path(name).read_text() if Path(name).is_file() else None for name in PIPELINE_STATE}
+    state = _snapshot(PIPELINE_STATE)
     started = time.monotonic()
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
@@ -63,13 +63,12 @@ def train_on_cluster(stage: Stage, address: str) -> dict:
     adopt(stage, trained)
     log().info("%s: trained on %s in %.0f s, recorded in dvc.lock", stage.name, trained["worker"],
                time.monotonic() - started)
-    return {"worker": trained["worker"], "seconds": time.monotonic() - started}
 
 
-def run_in_this_checkout(stage: Stage, state: dict[str, str | None]) -> dict:
+def run_in_this_checkout(stage: Stage, state: dict[str, bytes | None]) -> dict:
     """On the worker, in its checkout: take the flow's params.yaml and dvc.lock, pull the stage's
     inputs, run it as `dvc repro` would and push its outputs. Returns its dvc.lock entry and the
-    text of its uncached outputs (metrics, plots), which git keeps rather than the DVC remote."""
+    bytes of its uncached outputs (metrics, plots), which git keeps rather than the DVC remote."""
     from dvc.utils.serialize import load_yaml
 
     root = Path.cwd()
@@ -78,11 +77,7 @@ def run_in_this_checkout(stage: Stage, state: dict[str, str | None]) -> dict:
                        "(no dvc.yaml): start it from the checkout's root")
     WORKER_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(WORKER_LOCK):
-        for name, text in state.items():
-            if text is None:
-                Path(name).unlink(missing_ok=True)
-            else:
-                atomic_write_text(Path(name), text)
+        _restore(state)
         dvc("pull", *stage.upstream)
         dvc("repro", "--single-item", stage.name)
         dvc("push", stage.name)
@@ -102,10 +97,8 @@ def adopt(stage: Stage, trained: dict) -> None:
         raise AFDError(f"{stage.name}: the worker {trained['worker']} sent {sorted(trained['files'])}, "
                        f"not the stage's uncached outputs {sorted(stage.uncached_outs)}")
     with FileLock(DVC_LOCK):  # no other DVC command of this flow writes dvc.lock meanwhile
-        before = {path: Path(path).read_bytes() if Path(path).is_file() else None
-                  for path in ("dvc.lock", *trained["files"])}
-        for path, content in trained["files"].items():
-            _write_bytes(path, content)
+        before = _snapshot(("dvc.lock", *trained["files"]))
+        _restore(trained["files"])
         with modify_yaml("dvc.lock") as lock:
             lock.setdefault("schema", "2.0")
             lock.setdefault("stages", {})[stage.name] = trained["lock"]
@@ -118,15 +111,21 @@ def adopt(stage: Stage, trained: dict) -> None:
                            "(git commit) and reach the same DVC remote")
     except AFDError:  # a refused result, or a model the remote does not hold: this checkout as it was
         with FileLock(DVC_LOCK):
-            for path, content in before.items():
-                if content is None:
-                    Path(path).unlink(missing_ok=True)
-                else:
-                    _write_bytes(path, content)
+            _restore(before)
         dvc("checkout", "--force", "--allow-missing", stage.name)
         raise
 
 
-def _write_bytes(path: str, content: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(content)
+def _snapshot(paths) -> dict[str, bytes | None]:
+    """{path: its bytes, or None where there is no such file}: what `_restore` puts back."""
+    return {path: Path(path).read_bytes() if Path(path).is_file() else None for path in paths}
+
+
+def _restore(snapshot: dict[str, bytes | None]) -> None:
+    """Each path as `snapshot` holds it (written atomically), or removed where it holds None."""
+    for path, content in snapshot.items():
+        if content is None:
+            Path(path).unlink(missing_ok=True)
+        else:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(content)

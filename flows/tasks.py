@@ -91,6 +91,11 @@ def git(*args: str) -> str:
 # ---- the stages ---------------------------------------------------------------------------------
 
 
+def dvc_remote_configured() -> bool:
+    """Whether this checkout has a DVC remote (`dvc remote list` names one)."""
+    return bool(dvc("remote", "list").strip())
+
+
 def dvc_changes(*targets: str) -> dict:
     """`dvc status --json` of `targets` (default: every stage): {stage: what changed}, empty when
     `dvc repro` would run nothing."""
@@ -101,7 +106,7 @@ def dvc_changes(*targets: str) -> dict:
 def pull_outputs() -> bool:
     """Fetch the pipeline's outputs from the DVC remote, where one is configured (a run on a new
     machine reuses what another made); missing ones are left for their stages to make."""
-    if not dvc("remote", "list").strip():
+    if not dvc_remote_configured():
         get_run_logger().info("no DVC remote configured: every output is made here")
         return False
     dvc("pull", "--allow-missing")
@@ -175,7 +180,7 @@ def publish_results(stages: dict[str, Stage], git_remote: str | None, branch_pre
     that branch gets this state with `dvc pull`.
     Returns {"commit", "branch", "pushed"}."""
     logger = get_run_logger()
-    if dvc("remote", "list").strip():
+    if dvc_remote_configured():
         dvc("push")
     else:
         logger.warning("no DVC remote configured: outputs stay in this checkout only")
